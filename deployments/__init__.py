@@ -1,0 +1,1 @@
+"""One Ray Serve deployment per model: request schema -> model call -> output files."""
