@@ -62,6 +62,8 @@ def download(
     ``sha256`` is given, verified), so ``dest`` is never a partial file. An existing ``.part`` is
     resumed with an HTTP Range request; a server that ignores Range is handled by starting over.
     An existing ``dest`` is kept when it matches ``sha256`` (or when no hash is given).
+    Concurrent calls for the same ``dest`` are serialised with a ``dest.lock`` file (POSIX).
+    Network failures raise :class:`DownloadError` and keep the ``.part`` for the next call.
     """
     dest = Path(dest)
     expected = sha256.lower() if sha256 else None
@@ -72,8 +74,11 @@ def download(
         if dest.exists() and (expected is None or file_sha256(dest) == expected):
             return dest
 
-        with httpx.Client(timeout=timeout, follow_redirects=True) as client:
-            hasher = _fetch(client, url, part, progress, chunk_size)
+        try:
+            with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+                hasher = _fetch(client, url, part, progress, chunk_size)
+        except httpx.HTTPError as exc:
+            raise DownloadError(f"GET {url} failed: {exc!r}; run again to resume") from exc
 
         digest = hasher.hexdigest()
         if expected is not None and digest != expected:
@@ -96,11 +101,13 @@ def _fetch(client: httpx.Client, url: str, part: Path, progress: bool, chunk_siz
         headers["Range"] = f"bytes={offset}-"
 
     with client.stream("GET", url, headers=headers) as resp:
-        if not (offset and resp.status_code == 416):
+        if offset and resp.status_code == 416:
+            if _total_from_416(resp) == offset:
+                return _hash_file(part)  # an earlier run had fetched everything
+        elif not (offset and resp.status_code == 206 and _range_start(resp) != offset):
             return _stream_body(resp, url, part, offset, progress, chunk_size)
-        if _total_from_416(resp) == offset:
-            return _hash_file(part)  # an earlier run had fetched everything
-    # The .part does not fit the remote file (it changed, or the .part is garbage): start over.
+    # The .part does not fit the remote file (it changed, or the .part is garbage), or the
+    # server sent a range we did not ask for: start over without Range.
     part.unlink(missing_ok=True)
     return _fetch(client, url, part, progress, chunk_size)
 
@@ -111,17 +118,19 @@ def _stream_body(
     if resp.status_code >= 400:
         raise DownloadError(f"GET {url} failed: HTTP {resp.status_code} {resp.reason_phrase}")
 
-    if offset and resp.status_code == 206 and _range_start(resp) == offset:
+    if offset and resp.status_code == 206:
         hasher, mode = _hash_file(part), "ab"
         total = _content_range_total(resp)
     else:
-        # No Range request, or a server that ignored it (200) or answered another range.
+        # No Range request, or a server that ignored it and sent the whole file (200).
         hasher, mode, offset = hashlib.sha256(), "wb", 0
         length = resp.headers.get("Content-Length", "")
         total = int(length) if length.isdigit() else None
 
     written = offset
-    with open(part, mode) as fh, tqdm(
+    # iter_raw() without a size yields bytes as they arrive, so a dropped connection leaves
+    # everything received so far in the .part; chunk_size only sizes the write buffer.
+    with open(part, mode, buffering=chunk_size) as fh, tqdm(
         total=total,
         initial=offset,
         unit="B",
@@ -130,7 +139,7 @@ def _stream_body(
         desc=part.name.removesuffix(".part"),
         disable=not progress,
     ) as bar:
-        for chunk in resp.iter_raw(chunk_size):
+        for chunk in resp.iter_raw():
             fh.write(chunk)
             hasher.update(chunk)
             written += len(chunk)
@@ -139,7 +148,9 @@ def _stream_body(
         os.fsync(fh.fileno())
 
     if total is not None and written != total:
-        raise DownloadError(f"GET {url} ended after {written} of {total} bytes; run again to resume")
+        raise DownloadError(
+            f"GET {url} ended after {written} of {total} bytes; run again to resume"
+        )
     return hasher
 
 

@@ -40,8 +40,12 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
             # Our own max_pixels limit replaces Pillow's decompression-bomb heuristics.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=_open_formats())
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"the image is too large: {exc}") from None
+    except Image.DecompressionBombError:
+        # Pillow's own hard limit (about 179M pixels) fired while reading the header.
+        raise ImageDecodeError(
+            f"the image is too large (above the limit of {max_pixels:,} pixels); "
+            "please send a smaller image"
+        ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(
             "the data is not an image in a supported format "
@@ -63,7 +67,7 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
-    except Exception as exc:  # noqa: BLE001 - truncated/corrupt data raises OSError, SyntaxError, ...
+    except Exception as exc:  # noqa: BLE001 - bad data raises OSError, SyntaxError, ...
         raise ImageDecodeError(f"the image data is corrupt or truncated: {exc}") from None
 
     try:
@@ -103,7 +107,7 @@ def _high_depth_grey_to_rgb(img: Image.Image) -> np.ndarray:
 
 
 def encode_image(img: Image.Image | np.ndarray, fmt: str) -> tuple[bytes, str]:
-    """Encode ``img`` as ``fmt`` (``png``, ``jpeg``/``jpg`` or ``webp``); returns ``(bytes, content_type)``.
+    """Encode ``img`` as ``fmt`` (png, jpeg/jpg or webp); return ``(bytes, content_type)``.
 
     Arrays may be ``(H, W)`` bool/uint8 or ``(H, W, 3|4)`` uint8. JPEG has no alpha channel, so
     transparent images are flattened to RGB first.

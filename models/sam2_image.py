@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +20,10 @@ def make_image_predictor(model: torch.nn.Module):
     """
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    predictor = SAM2ImagePredictor(model)
+    with warnings.catch_warnings():
+        # SAM2Transforms uses torch.jit.script, deprecated in torch 2.14 but still working.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        predictor = SAM2ImagePredictor(model)
     s = int(model.image_size)
     predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
     return predictor
@@ -99,7 +103,9 @@ class Sam2ImageSegmenter:
 def _check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}")
+        raise ValueError(
+            f"image must be an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}"
+        )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError("image has no pixels")
     return image

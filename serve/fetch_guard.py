@@ -10,14 +10,16 @@ for SNI and certificate checks. Redirects are followed by hand so each hop is ch
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import httpcore
 import httpx
-from pydantic import BaseModel, PrivateAttr, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -65,29 +67,24 @@ class FetchPolicy(BaseModel):
     """
 
     allow: list[str] = []
-    max_bytes: int = 100 * MiB
-    timeout_s: float = 20.0
-    connect_timeout_s: float = 5.0
-    max_redirects: int = 5
-
-    _rules: list[tuple[IPNetwork | str, int | None]] = PrivateAttr(default_factory=list)
+    max_bytes: int = Field(100 * MiB, gt=0)
+    timeout_s: float = Field(20.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_redirects: int = Field(5, ge=0)
 
     @field_validator("allow")
     @classmethod
     def _check_allow(cls, entries: list[str]) -> list[str]:
-        for entry in entries:
-            _parse_allow_entry(entry)
+        _allow_rules(tuple(entries))
         return entries
-
-    def model_post_init(self, __context: object) -> None:
-        self._rules = [_parse_allow_entry(entry) for entry in self.allow]
 
     def allows(self, ip: IPAddress, host: str, port: int) -> bool:
         host = _normalize_host(host)
         candidates = [ip]
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             candidates.append(ip.ipv4_mapped)
-        for target, rule_port in self._rules:
+        # Parsed from `allow` on each use (cached), so copies with a new list stay correct.
+        for target, rule_port in _allow_rules(tuple(self.allow)):
             if rule_port is not None and rule_port != port:
                 continue
             if isinstance(target, str):
@@ -96,6 +93,11 @@ class FetchPolicy(BaseModel):
             elif any(candidate in target for candidate in candidates):
                 return True
         return False
+
+
+@functools.lru_cache(maxsize=64)
+def _allow_rules(entries: tuple[str, ...]) -> tuple[tuple[IPNetwork | str, int | None], ...]:
+    return tuple(_parse_allow_entry(entry) for entry in entries)
 
 
 def _normalize_host(host: str) -> str:
@@ -249,7 +251,12 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         assert last_error is not None
         raise last_error
 
-    async def connect_unix_socket(self, path, timeout=None, socket_options=None):  # type: ignore[no-untyped-def]
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         raise ForbiddenTarget("unix sockets are not allowed targets")
 
     async def sleep(self, seconds: float) -> None:
@@ -261,9 +268,18 @@ async def guarded_pool(policy: FetchPolicy) -> AsyncIterator[httpcore.AsyncConne
     """A connection pool that can only reach targets `policy` allows. One per operation:
     pools are bound to the event loop that uses them."""
     async with httpcore.AsyncConnectionPool(
-        network_backend=GuardedBackend(policy), retries=0, max_connections=4
+        ssl_context=_ssl_context(),
+        network_backend=GuardedBackend(policy),
+        retries=0,
+        max_connections=4,
     ) as pool:
         yield pool
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle is the slow part of a pool; one verified context serves them all.
+    return httpcore.default_ssl_context()
 
 
 def parse_target(url: str) -> httpx.URL:
@@ -273,7 +289,8 @@ def parse_target(url: str) -> httpx.URL:
     except (httpx.InvalidURL, TypeError) as exc:
         raise ForbiddenTarget(f"invalid URL: {exc}") from None
     if parsed.scheme not in ("http", "https"):
-        raise ForbiddenTarget(f"only http and https URLs are allowed, not {parsed.scheme or 'none'!r}")
+        scheme = parsed.scheme or "none"
+        raise ForbiddenTarget(f"only http and https URLs are allowed, not {scheme!r}")
     if not parsed.host:
         raise ForbiddenTarget("URL has no host")
     return parsed
@@ -302,7 +319,7 @@ def timeout_extensions(policy: FetchPolicy, read_timeout_s: float) -> dict[str, 
     }
 
 
-def header(response: httpcore.Response, name: bytes) -> str | None:
+def response_header(response: httpcore.Response, name: bytes) -> str | None:
     for key, value in response.headers:
         if key.lower() == name:
             return value.decode("latin-1")
@@ -343,14 +360,15 @@ async def _get_once(
     async with pool.stream("GET", core_url, headers=headers, extensions=extensions) as response:
         status = response.status
         if status in REDIRECT_STATUSES:
-            location = header(response, b"location")
+            location = response_header(response, b"location")
             if not location:
                 raise FetchFailed(422, f"HTTP {status} redirect without a Location")
             return parse_target(str(target.join(location)))
         if not 200 <= status < 300:
             raise FetchFailed(422, f"HTTP {status}")
-        too_large = FetchFailed(413, f"file is larger than the {_size(policy.max_bytes)} limit")
-        length = header(response, b"content-length")
+        limit = format_size(policy.max_bytes)
+        too_large = FetchFailed(413, f"file is larger than the {limit} limit")
+        length = response_header(response, b"content-length")
         if length and length.strip().isdigit() and int(length) > policy.max_bytes:
             raise too_large
         body = bytearray()
@@ -358,8 +376,8 @@ async def _get_once(
             body += chunk
             if len(body) > policy.max_bytes:
                 raise too_large
-        return bytes(body), header(response, b"content-type")
+        return bytes(body), response_header(response, b"content-type")
 
 
-def _size(n: int) -> str:
+def format_size(n: int) -> str:
     return f"{n / MiB:g} MiB" if n >= MiB else f"{n} bytes"

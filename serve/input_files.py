@@ -73,7 +73,7 @@ def decode_data_uri(uri: str, max_bytes: int) -> tuple[bytes, str | None]:
         data = unquote_to_bytes(payload)
     if len(data) > max_bytes:
         raise OverflowError
-    return data, mime or ("text/plain" if not params[0] else None)
+    return data, mime
 
 
 class InputFileResolver:
@@ -132,15 +132,19 @@ class InputFileResolver:
         return unquote(path[len(FILES_PREFIX):])
 
     async def _own_file(self, field: str, url: str, key: str) -> tuple[bytes, str | None]:
+        # Storage calls block (s3 is a network call), so they run off the event loop.
         try:
-            # Checked first so an oversized stored file is refused without reading it.
-            if self.storage.stat(key).size > self.policy.max_bytes:
-                raise InputFileError(field, self._too_large(), 413)
-            return await asyncio.to_thread(self.storage.get, key)
+            return await asyncio.to_thread(self._read_own, field, key)
         except InvalidKey:
             raise InputFileError(field, f"{_shown(url)} is not a valid file URL") from None
         except FileNotFound:
             raise InputFileError(field, f"file {_shown(url)} not found") from None
+
+    def _read_own(self, field: str, key: str) -> tuple[bytes, str]:
+        # Checked first so an oversized stored file is refused without reading it.
+        if self.storage.stat(key).size > self.policy.max_bytes:
+            raise InputFileError(field, self._too_large(), 413)
+        return self.storage.get(key)
 
     async def _fetch(self, field: str, url: str) -> tuple[bytes, str | None]:
         try:
@@ -153,4 +157,4 @@ class InputFileResolver:
             ) from None
 
     def _too_large(self) -> str:
-        return f"file is larger than the {fetch_guard._size(self.policy.max_bytes)} limit"
+        return f"file is larger than the {fetch_guard.format_size(self.policy.max_bytes)} limit"

@@ -133,7 +133,8 @@ class Storage:
         path = self._path(key)
         content_type = content_type or mimetypes.guess_type(key)[0] or DEFAULT_CONTENT_TYPE
         # The sidecar goes first: a reader that finds the data always finds its type too.
-        self._write_atomic(path + META_SUFFIX, [json.dumps({"content_type": content_type}).encode()])
+        meta = json.dumps({"content_type": content_type}).encode()
+        self._write_atomic(path + META_SUFFIX, [meta])
         size = self._write_atomic(path, chunks)
         return StoredFile(key=key, content_type=content_type, size=size)
 

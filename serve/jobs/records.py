@@ -64,7 +64,8 @@ def error_message(body: Any, status_code: int | None) -> str:
         if isinstance(detail, list) and detail and isinstance(detail[0], dict):
             first = detail[0]
             loc = ".".join(str(p) for p in first.get("loc", []) if p != "body")
-            return f"{loc}: {first.get('msg', '')}" if loc else str(first.get("msg", ""))
+            msg = str(first.get("msg", ""))
+            return f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg
     return f"Request failed with HTTP {status_code}"
 
 

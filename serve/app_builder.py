@@ -1,0 +1,66 @@
+"""Builds the Ray Serve application (gateway + one deployment per endpoint) from a Visus config.
+
+`app_builder` is the import path a `serve run` / `serve deploy` / RayService config names, so the
+rendered config files and `visus up` build the very same application.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ray import serve
+
+from serve.config import VisusConfig, load_config
+from serve.gateway.ingress import gateway_deployment
+from serve.registry import import_object
+
+
+def detect_gpu() -> bool:
+    """VISUS_GPU=0|1 forces it; otherwise ask the connected Ray cluster (or torch when none)."""
+    forced = os.environ.get("VISUS_GPU")
+    if forced in ("0", "1"):
+        return forced == "1"
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0) > 0
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def platform_settings(config: VisusConfig) -> dict[str, Any]:
+    """What every model deployment needs of the platform (plain data: it crosses Ray)."""
+    return {
+        "storage_url": config.resolved_storage_url,
+        "secret_key": config.secret_key,
+        "fetch": config.fetch.model_dump(),
+        "limits": config.limits.model_dump(),
+        "own_origins": [config.public_url] if config.public_url else [],
+    }
+
+
+def build_app(config: VisusConfig, has_gpu: bool | None = None):
+    config = config.with_secrets()
+    has_gpu = detect_gpu() if has_gpu is None else has_gpu
+    platform = platform_settings(config)
+    models = {}
+    for endpoint in config.enabled_endpoints():
+        cls = import_object(endpoint.deployment)
+        deployment = serve.deployment(cls, name=endpoint.deployment_name, **endpoint.options.ray_options(has_gpu))
+        model = config.model_setting(endpoint.model)
+        if not has_gpu and model.get("device") not in (None, "auto", "cpu"):
+            model["device"] = "cpu"
+        models[endpoint.deployment_name] = deployment.bind(model, platform)
+    return gateway_deployment(config, has_gpu).bind(config.model_dump(mode="json"), models)
+
+
+def app_builder(args: dict[str, Any]):
+    """Ray Serve application builder: `args.config` is a Visus config path or an inline mapping."""
+    source = args.get("config")
+    if isinstance(source, dict):
+        config = VisusConfig(**source)
+    else:
+        config = load_config(source)
+    return build_app(config)

@@ -1,0 +1,38 @@
+"""Getting (or creating) the detached queue actor from a gateway replica or a test."""
+
+from __future__ import annotations
+
+import ray
+
+from serve.jobs.queue_actor import JobQueue
+
+
+def queue_settings(config) -> dict:
+    """The plain-data settings the queue actor is built from."""
+    return {
+        "app_name": config.app_name,
+        "journal_path": config.resolved_journal_path,
+        "max_dispatch": config.queue.max_dispatch,
+        "keep_completed_in_memory": config.queue.keep_completed_in_memory,
+        "fetch": config.fetch.model_dump(),
+        "webhooks": config.webhooks.model_dump(),
+    }
+
+
+def get_queue_actor(config):
+    """The named detached actor; created on first use, restarted by Ray if it dies."""
+    return (
+        ray.remote(JobQueue)
+        .options(
+            name=config.queue.actor_name,
+            namespace=config.queue.namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            # Calls made while it restarts are retried; submit is idempotent on request_id.
+            max_task_retries=-1,
+            max_concurrency=10_000,
+            num_cpus=0,
+        )
+        .remote(queue_settings(config))
+    )
