@@ -1,0 +1,39 @@
+# Visus: the two commands. `make serve` deploys every endpoint on a local Ray cluster;
+# `make test` runs the whole suite. Both create .venv and install what they need.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+VISUS_PORT ?= 8000
+RAY_PORT ?= 6389
+export VISUS_PORT
+# The local cluster listens on loopback only; its own token auth guards nothing reachable from outside.
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: install serve stop test bench render
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	@$(VENV)/bin/ray status --address 127.0.0.1:$(RAY_PORT) >/dev/null 2>&1 || \
+	  $(VENV)/bin/ray start --head --node-ip-address 127.0.0.1 --port $(RAY_PORT) \
+	    --disable-usage-stats --include-dashboard=false >/dev/null
+	$(VENV)/bin/visus up --address 127.0.0.1:$(RAY_PORT)
+
+stop:
+	-$(VENV)/bin/ray stop --force
+
+test: install
+	$(PY) -m pytest
+
+render: install
+	$(VENV)/bin/visus config render -o serve_config.yaml
+
+bench: install
+	$(PY) loadtests/benchmark.py

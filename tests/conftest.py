@@ -1,0 +1,86 @@
+"""Shared fixtures: one real local Ray Serve cluster per test session, serving Visus on loopback.
+
+Unit tests (tests/unit) never touch it; integration tests ask for `visus` (a running stack) and get
+its URL, API key and config. Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+API_KEY = "test-key-id:test-key-secret"
+# A second loopback address stands in for "some allowed remote host" in fetch and webhook tests;
+# 127.0.0.1 itself is NOT allow-listed, so the SSRF guard must refuse it.
+ALLOWED_HOST = "127.0.0.2"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    url: str
+    key: str
+    config: object
+    home: Path
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Key {self.key}"}
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=60, **kw)
+
+
+def _wait_ready(url: str, timeout_s: float = 180) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", headers={"Authorization": f"Key {API_KEY}"}, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("Visus did not become ready")
+
+
+@pytest.fixture(scope="session")
+def visus(tmp_path_factory) -> Stack:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+
+    from serve.app_builder import build_app
+    from serve.cli import write_tiny_models
+    from serve.config import load_config
+
+    home = tmp_path_factory.mktemp("visus-home")
+    port = free_port()
+    config = load_config(
+        None, home=str(home), port=port, host="127.0.0.1", api_keys=[API_KEY],
+        fetch={"allow": [ALLOWED_HOST], "max_bytes": 8 * 2**20, "timeout_s": 10},
+        webhooks={"attempts": 4, "first_backoff_s": 0.2, "max_backoff_s": 1.0, "timeout_s": 5},
+        limits={"max_body_bytes": 16 * 2**20, "max_image_pixels": 20_000_000, "sync_timeout_s": 120},
+    )
+    write_tiny_models(config.resolved_model_dir)
+    config = config.with_secrets()
+    # A cluster of our own ("local"), never one a developer left running with `make serve`.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace=config.queue.namespace,
+             _node_ip_address="127.0.0.1", log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(config, has_gpu=False), name=config.app_name, route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(url)
+    yield Stack(url=url, key=API_KEY, config=config, home=home)
+    serve.shutdown()
+    ray.shutdown()

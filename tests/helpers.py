@@ -1,0 +1,46 @@
+"""Small test helpers: images as bytes and data URIs, loopback HTTP servers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+from PIL import Image
+
+
+def png_bytes(width: int = 64, height: int = 64, fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(width * 1000 + height)
+    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    pixels[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = (220, 40, 40)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt)
+    return buf.getvalue()
+
+
+def png_data_uri(width: int = 64, height: int = 64) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(width, height)).decode()
+
+
+class LoopbackServer:
+    """A threaded HTTP server on a loopback address; `handler` is a BaseHTTPRequestHandler subclass."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1"):
+        self.httpd = ThreadingHTTPServer((host, 0), handler)
+        self.httpd.daemon_threads = True
+        self.host, self.port = host, self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> "LoopbackServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
