@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
+
 UPLOAD_PREFIXES = ("/files/", "/cdn/")
 
 
@@ -28,7 +30,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge()
+                    raise _TooLarge(limit)
             return message
 
         started = False
@@ -47,11 +49,23 @@ class BodySizeLimit:
 
     @staticmethod
     async def _reject(send, limit: int) -> None:
-        body = json.dumps({"detail": f"request body larger than the {limit} byte limit"}).encode()
+        body = json.dumps({"detail": _too_large_message(limit)}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+def _too_large_message(limit: int) -> str:
+    return f"request body larger than the {limit} byte limit"
+
+
+class _TooLarge(HTTPException):
+    """Raised from receive() when a body without (or with a lying) Content-Length runs over the cap.
+
+    An HTTPException so FastAPI's body parsing re-raises it (any other exception there becomes a
+    400 "error parsing the body") and the app's HTTPException handler answers 413, also for routes
+    that read the body themselves; the catch in __call__ covers anything outside those handlers.
+    """
+
+    def __init__(self, limit: int):
+        super().__init__(413, _too_large_message(limit))

@@ -176,7 +176,10 @@ def storage_router() -> APIRouter:
         return {"file_url": _file_url(svc.base_url(request), key), "file_size": stored.size}
 
     # ---- serving -------------------------------------------------------------------------
-    @router.api_route("/files/{key}", methods=["GET", "HEAD"], summary="Download a stored file",
+    # `{key:path}`: any GET/HEAD under /files/ lands here (no key needed) and is judged by
+    # validate_key, so hostile keys ('../..', '.multipart/...') get 404 rather than the keyed catch-all.
+    @router.head("/files/{key:path}", include_in_schema=False)
+    @router.get("/files/{key:path}", summary="Download a stored file",
                       response_class=StreamingResponse,
                       responses={200: {"description": "The file, with its stored content type."},
                                  404: {"description": "No such file."}})
@@ -195,7 +198,8 @@ def storage_router() -> APIRouter:
 
 
 async def _iterate(svc: GatewayServices, key: str):
-    chunks = svc.storage.open_stream(key)
+    # open_stream stats the file first; off the event loop, as object stores answer slowly.
+    chunks = await asyncio.to_thread(svc.storage.open_stream, key)
     while True:
         chunk = await asyncio.to_thread(next, chunks, None)
         if chunk is None:
