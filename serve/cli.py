@@ -25,15 +25,19 @@ def write_tiny_models(model_dir: Path) -> list[Path]:
     return [write_tiny_sam2(model_dir / "sam2")]
 
 
-def render_serve_config(config: VisusConfig) -> dict:
-    """A `serve run` / `serve deploy` config file that builds the same application as `visus up`."""
+def render_serve_config(config: VisusConfig, has_gpu: bool) -> dict:
+    """A `serve run` / `serve deploy` config file that builds the same application as `visus up`.
+
+    Options in the file override the builder's, so GPU requests are written only for GPU clusters:
+    a CPU cluster could never place a replica that asks for one.
+    """
     from serve.gateway.ingress import GATEWAY_NAME
 
     # Secrets stay out of rendered files: replicas read VISUS_API_KEYS / VISUS_SECRET_KEY or .visus/.
     inline = config.model_dump(mode="json", exclude={"api_keys", "secret_key"}, exclude_none=True)
     deployments = [{"name": GATEWAY_NAME, **config.gateway.ray_options(has_gpu=False)}]
     for endpoint in config.enabled_endpoints():
-        deployments.append({"name": endpoint.deployment_name, **endpoint.options.ray_options(has_gpu=True)})
+        deployments.append({"name": endpoint.deployment_name, **endpoint.options.ray_options(has_gpu=has_gpu)})
     for d in deployments:  # runtime_env is set by the builder; config files keep the resource shape only
         d["ray_actor_options"].pop("runtime_env", None)
     return {
@@ -51,7 +55,13 @@ def render_serve_config(config: VisusConfig) -> dict:
 
 def cmd_config_render(args) -> int:
     config = _config(args)
-    text = yaml.safe_dump(render_serve_config(config), sort_keys=False)
+    if args.gpu == "auto":
+        from serve.app_builder import detect_gpu
+
+        has_gpu = detect_gpu()
+    else:
+        has_gpu = args.gpu == "yes"
+    text = yaml.safe_dump(render_serve_config(config, has_gpu), sort_keys=False)
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}", file=sys.stderr)
@@ -183,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = sub.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
     render = cfg.add_parser("render", help="write the `serve run` / `serve deploy` config file")
     render.add_argument("-o", "--output", help="file (default: stdout)")
+    render.add_argument("--gpu", choices=("auto", "yes", "no"), default="auto",
+                        help="write num_gpus requests (default: when this machine has a GPU)")
     render.set_defaults(func=cmd_config_render)
     show = cfg.add_parser("show", help="print the effective configuration (env overrides applied)")
     show.set_defaults(func=cmd_config_show)

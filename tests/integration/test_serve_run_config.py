@@ -28,20 +28,22 @@ def test_rendered_config_runs_with_serve_run(tmp_path, visus):
            "VISUS_QUEUE__ACTOR_NAME": "rendered-queue", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     out = tmp_path / "serve_config.yaml"
-    subprocess.run([BIN / "visus", "config", "render", "-o", str(out)], env=env, check=True)
+    subprocess.run([BIN / "visus", "config", "render", "--gpu", "no", "-o", str(out)], env=env, check=True)
     rendered = yaml.safe_load(out.read_text())
     app = rendered["applications"][0]
     assert app["import_path"] == "serve.app_builder:app_builder"
     assert {d["name"] for d in app["deployments"]} == {"gateway", "fal_ai__sam2__image"}
     assert "rendered-key" not in out.read_text()  # secrets stay out of rendered files
+    # A CPU cluster could never place a replica asking for a GPU share.
+    assert all("num_gpus" not in d["ray_actor_options"] for d in app["deployments"])
 
     # The application builder runs inside the cluster: it reads secrets from the config's home folder
     # (where `visus up` keeps them), not from this shell's environment.
     (tmp_path / "home").mkdir(exist_ok=True)
     (tmp_path / "home" / "api_key").write_text("rendered-key")
     run_env = {k: v for k, v in env.items() if not k.startswith("VISUS_")}
-    # A separate cluster of its own: `serve run` starts one when no address is given.
-    proc = subprocess.Popen([BIN / "serve", "run", str(out)], env=run_env, stdout=subprocess.DEVNULL,
+    # A separate cluster of its own, never one a developer left running.
+    proc = subprocess.Popen([BIN / "serve", "run", "--address", "local", str(out)], env=run_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
