@@ -180,3 +180,14 @@ def test_http_error(server, tmp_path):
     with pytest.raises(DownloadError, match="404"):
         download(server.url.replace("file.bin", "missing.bin"), tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_downloads_a_named_checkpoint(server, tmp_path, capsys):
+    from serve.cli import main
+
+    code = main(["models", "download", "sam2.1_hiera_tiny", "--url", server.url, "--sha256", PAYLOAD_SHA,
+                 "--output", str(tmp_path)])
+    assert code == 0
+    assert (tmp_path / "sam2.1_hiera_tiny.pt").read_bytes() == PAYLOAD
+    assert capsys.readouterr().out.strip().endswith("sam2.1_hiera_tiny.pt")
+    assert main(["models", "download", "no-such-model", "--output", str(tmp_path)]) == 2
