@@ -9,6 +9,10 @@ RAY_PORT ?= 6389
 export VISUS_PORT
 # The local cluster listens on loopback only; its own token auth guards nothing reachable from outside.
 export RAY_AUTH_MODE ?= disabled
+# Ray Serve's HAProxy ingress and direct replica ingress: about half the platform's CPU per request
+# (BENCHMARKS.md); SSE, streaming and the fal clients are tested on it.
+export RAY_SERVE_ENABLE_HA_PROXY ?= 1
+export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 
 .PHONY: install serve stop test bench render
 

@@ -57,6 +57,9 @@ def _wait_ready(url: str, timeout_s: float = 180) -> None:
 @pytest.fixture(scope="session")
 def visus(tmp_path_factory) -> Stack:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # The same ingress `make serve` uses (HAProxy + direct ingress), so SSE and streaming are tested on it.
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     import ray
     from ray import serve
 

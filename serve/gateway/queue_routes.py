@@ -130,9 +130,16 @@ def requests_router() -> APIRouter:
     async def status(request: Request, queue_base: str, request_id: str,
                      logs: str | None = Query(None, description="1|true to include logs, 0|false not to."),
                      svc: GatewayServices = Depends(services)):
-        view = await svc.queue.status.remote(request_id, queue_base, parse_logs_flag(logs))
+        with_logs = parse_logs_flag(logs)
+        view = svc.finished.status(request_id, queue_base, with_logs)
         if view is None:
-            return JSONResponse(not_found, status_code=404)
+            # Fetch finished jobs with their logs so the cached view serves both flag spellings.
+            view = await svc.queue.status.remote(request_id, queue_base, True)
+            if view is None:
+                return JSONResponse(not_found, status_code=404)
+            svc.finished.remember_status(request_id, queue_base, view, True)
+            if not with_logs and "logs" in view:
+                view = {**view, "logs": None}
         return JSONResponse({**view, **urls(svc.base_url(request), queue_base, request_id)},
                             headers={"x-fal-request-id": request_id})
 
@@ -175,9 +182,12 @@ def requests_router() -> APIRouter:
                 responses={200: {"description": "The model output, exactly as the sync run returns it."},
                            400: {"description": "Not finished yet."}})
     async def result(queue_base: str, request_id: str, svc: GatewayServices = Depends(services)):
-        outcome = await svc.queue.result.remote(request_id, queue_base)
+        outcome = svc.finished.result(request_id, queue_base)
         if outcome is None:
-            return JSONResponse(not_found, status_code=404)
+            outcome = await svc.queue.result.remote(request_id, queue_base)
+            if outcome is None:
+                return JSONResponse(not_found, status_code=404)
+            svc.finished.remember_result(request_id, queue_base, outcome)
         if not outcome["ready"]:
             # 400, never 408/409/429/5xx: those make the clients retry.
             return JSONResponse({"detail": f"Request is still {outcome['status']}"}, status_code=400,

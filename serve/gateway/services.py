@@ -8,6 +8,7 @@ from fastapi import Request
 
 from serve.auth import ApiKeys, TokenSigner
 from serve.config import VisusConfig
+from serve.jobs.finished_cache import FinishedJobs
 from serve.registry import EndpointRegistry
 from serve.storage import Storage
 
@@ -21,6 +22,7 @@ class GatewayServices:
     storage: Storage
     queue: Any = None  # the queue actor handle (set inside the Ray replica)
     handles: dict[str, Any] = field(default_factory=dict)
+    finished: FinishedJobs = field(default_factory=FinishedJobs)
 
     @classmethod
     def from_config(cls, config: VisusConfig, registry: EndpointRegistry) -> "GatewayServices":
