@@ -13,13 +13,17 @@ export RAY_AUTH_MODE ?= disabled
 # (BENCHMARKS.md); SSE, streaming and the fal clients are tested on it.
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
+# Replica-to-replica gRPC keeps gRPC's 4 MiB default otherwise: below Visus's request size limits.
+export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH ?= 536870912
 
 .PHONY: install serve stop test bench render
 
+# Some machines cap torch/torchvision through a global pip constraints file at releases below the
+# pins in pyproject.toml; the pins are what Visus is tested with, so the venv ignores that cap.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	PIP_CONSTRAINT=/dev/null $(PY) -m pip install -q -e '.[test,bench]'
 	@touch $@
 
 install: $(VENV)/.installed

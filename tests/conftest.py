@@ -6,7 +6,6 @@ its URL, API key and config. Everything listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -56,10 +55,10 @@ def _wait_ready(url: str, timeout_s: float = 180) -> None:
 
 @pytest.fixture(scope="session")
 def visus(tmp_path_factory) -> Stack:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # The same ingress `make serve` uses (HAProxy + direct ingress), so SSE and streaming are tested on it.
-    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    from serve.ray_env import apply_ray_env_defaults
+
+    # The settings `make serve` runs with (HAProxy + direct ingress), so SSE and streaming are tested on them.
+    apply_ray_env_defaults()
     import ray
     from ray import serve
 

@@ -1,8 +1,6 @@
 """fal's queue API: submit, status (polling and SSE), result and cancel, served from the queue actor."""
 # No `from __future__ import annotations`: FastAPI must see the per-endpoint body classes themselves.
 
-import asyncio
-import json
 import uuid
 from typing import Literal
 from urllib.parse import urlsplit

@@ -50,6 +50,9 @@ def endpoint_router(endpoint: Endpoint) -> APIRouter:
             # 504, never 408: the Python client re-sends inference on 408.
             return error_response(504, "Request timed out", "request_timeout",
                                   {"x-fal-request-id": request_id})
+        except Exception as exc:  # the model deployment could not be reached or died mid-request
+            return error_response(503, f"Model deployment failed: {type(exc).__name__}", "runner_connection_error",
+                                  {"x-fal-request-id": request_id})
         return result_response(event, request_id)
 
     async def stream(request: Request, body: Input, svc: GatewayServices = Depends(services)):

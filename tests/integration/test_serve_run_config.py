@@ -42,6 +42,8 @@ def test_rendered_config_runs_with_serve_run(tmp_path, visus):
     (tmp_path / "home").mkdir(exist_ok=True)
     (tmp_path / "home" / "api_key").write_text("rendered-key")
     run_env = {k: v for k, v in env.items() if not k.startswith("VISUS_")}
+    # HAProxy's stats and metrics ports are fixed per host; the session's cluster holds the defaults.
+    run_env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     # A separate cluster of its own, never one a developer left running.
     proc = subprocess.Popen([BIN / "serve", "run", "--address", "local", str(out)], env=run_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
