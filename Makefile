@@ -6,6 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 VISUS_PORT ?= 8000
 RAY_PORT ?= 6389
+# Logical CPUs for replica placement: the default config reserves 3.5 (gateway, SAM 2 image, the video
+# propagator and one encoder), more than a 2-core laptop has; torch threads follow each reservation.
+RAY_NUM_CPUS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? 4 : n )))
 export VISUS_PORT
 # The local cluster listens on loopback only; its own token auth guards nothing reachable from outside.
 export RAY_AUTH_MODE ?= disabled
@@ -30,7 +33,7 @@ install: $(VENV)/.installed
 
 serve: install
 	@$(VENV)/bin/ray status --address 127.0.0.1:$(RAY_PORT) >/dev/null 2>&1 || \
-	  $(VENV)/bin/ray start --head --node-ip-address 127.0.0.1 --port $(RAY_PORT) \
+	  $(VENV)/bin/ray start --head --node-ip-address 127.0.0.1 --port $(RAY_PORT) --num-cpus $(RAY_NUM_CPUS) \
 	    --disable-usage-stats --include-dashboard=false >/dev/null
 	$(VENV)/bin/visus up --address 127.0.0.1:$(RAY_PORT)
 

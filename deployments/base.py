@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
+from deployments.model_settings import apply_thread_limit
 from serve import job_events
 from serve.fetch_guard import FetchPolicy
 from serve.input_files import InputFileError, InputFileResolver
@@ -69,13 +69,11 @@ class ModelDeployment:
 
     input_model: ClassVar[type[BaseModel]]
 
-    def __init__(self, model: dict, platform: dict):
-        threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-        if threads > 0:
-            import torch
-
-            torch.set_num_threads(threads)
+    def __init__(self, model: dict, platform: dict, workers: dict[str, Any] | None = None):
+        apply_thread_limit()
         self.platform = Platform.from_settings(platform)
+        # Handles of the helper deployments this one calls (config `workers`), by deployment name.
+        self.workers = workers or {}
         # predict() runs in worker threads; the model itself is not re-entrant.
         self._model_lock = threading.Lock()
         self.setup(model)

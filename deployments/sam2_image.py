@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from deployments.base import ModelDeployment, RequestError, RunContext
+from deployments.model_settings import resolve_device, sam2_build_kwargs
 from models.image_io import ImageDecodeError, decode_image, encode_image
 from models.mask_render import render_mask
 from models.sam2_image import Sam2ImageSegmenter
@@ -33,13 +34,8 @@ class Sam2Image(ModelDeployment):
     input_model = Sam2ImageInput
 
     def setup(self, model: dict) -> None:
-        device = model.get("device", "auto")
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        extra = {k: model[k] for k in ("config", "overrides", "image_size") if model.get(k) is not None}
-        self.segmenter = Sam2ImageSegmenter.from_checkpoint(model["checkpoint"], device=device, **extra)
+        self.segmenter = Sam2ImageSegmenter.from_checkpoint(model["checkpoint"], device=resolve_device(model.get("device")),
+                                                            **sam2_build_kwargs(model))
         self.max_pixels = int(self.platform.settings.get("limits", {}).get("max_image_pixels", 40_000_000))
 
     async def decode(self, request: Sam2ImageInput, ctx: RunContext) -> dict:

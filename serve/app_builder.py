@@ -41,18 +41,26 @@ def platform_settings(config: VisusConfig) -> dict[str, Any]:
     }
 
 
+def _bind(config: VisusConfig, import_path: str, name: str, options, model_settings: dict, platform: dict,
+          has_gpu: bool, workers: dict | None = None):
+    """One model deployment bound to its settings; `workers` become handles inside its replicas."""
+    deployment = serve.deployment(import_object(import_path), name=name, **options.ray_options(has_gpu))
+    model = config.model_setting(model_settings)
+    if not has_gpu and model.get("device") not in (None, "auto", "cpu"):
+        model["device"] = "cpu"
+    return deployment.bind(model, platform, workers) if workers else deployment.bind(model, platform)
+
+
 def build_app(config: VisusConfig, has_gpu: bool | None = None):
     config = config.with_secrets()
     has_gpu = detect_gpu() if has_gpu is None else has_gpu
     platform = platform_settings(config)
     models = {}
     for endpoint in config.enabled_endpoints():
-        cls = import_object(endpoint.deployment)
-        deployment = serve.deployment(cls, name=endpoint.deployment_name, **endpoint.options.ray_options(has_gpu))
-        model = config.model_setting(endpoint.model)
-        if not has_gpu and model.get("device") not in (None, "auto", "cpu"):
-            model["device"] = "cpu"
-        models[endpoint.deployment_name] = deployment.bind(model, platform)
+        workers = {worker.name: _bind(config, worker.deployment, worker.name, worker.options, worker.model,
+                                      platform, has_gpu) for worker in endpoint.workers}
+        models[endpoint.deployment_name] = _bind(config, endpoint.deployment, endpoint.deployment_name,
+                                                 endpoint.options, endpoint.model, platform, has_gpu, workers)
     return gateway_deployment(config, has_gpu).bind(config.model_dump(mode="json"), models)
 
 

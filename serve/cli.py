@@ -35,8 +35,8 @@ def render_serve_config(config: VisusConfig, has_gpu: bool) -> dict:
     # Secrets stay out of rendered files: replicas read VISUS_API_KEYS / VISUS_SECRET_KEY or .visus/.
     inline = config.model_dump(mode="json", exclude={"api_keys", "secret_key"}, exclude_none=True)
     deployments = [{"name": GATEWAY_NAME, **config.gateway.ray_options(has_gpu=False)}]
-    for endpoint in config.enabled_endpoints():
-        deployments.append({"name": endpoint.deployment_name, **endpoint.options.ray_options(has_gpu=has_gpu)})
+    for name, options in config.model_deployments():
+        deployments.append({"name": name, **options.ray_options(has_gpu=has_gpu)})
     for d in deployments:  # runtime_env is set by the builder; config files keep the resource shape only
         d["ray_actor_options"].pop("runtime_env", None)
     return {

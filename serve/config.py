@@ -77,6 +77,18 @@ class DeploymentOptions(StrictModel):
         return opts
 
 
+class WorkerConfig(StrictModel):
+    """A helper deployment an endpoint's deployment calls (e.g. SAM 2 video's frame encoder).
+
+    It scales on its own; the endpoint's deployment receives its handle under `name`.
+    """
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$", description="Ray Serve deployment name.")
+    deployment: str = Field(..., description="Import path of the deployment class, module:Class.")
+    model: dict[str, Any] = Field(default_factory=dict, description="Passed to the deployment's setup().")
+    options: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+
 class EndpointConfig(StrictModel):
     """One served endpoint: its id, schemas and deployment by import path, and model settings."""
 
@@ -88,6 +100,7 @@ class EndpointConfig(StrictModel):
     enabled: bool = True
     model: dict[str, Any] = Field(default_factory=dict, description="Passed to the deployment's setup().")
     options: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    workers: list[WorkerConfig] = Field(default_factory=list, description="Helper deployments it calls.")
 
     @field_validator("id")
     @classmethod
@@ -115,6 +128,8 @@ class QueueConfig(StrictModel):
     actor_name: str = "visus-job-queue"
     namespace: str = "visus"
     max_dispatch: int = Field(256, ge=1, description="Jobs handed to deployments at once, per queue actor.")
+    max_attempts: int = Field(3, ge=1, description=(
+        "Dispatches of one job whose replica dies under it; video jobs resume from their last checkpoint."))
     keep_completed_in_memory: int = Field(1000, ge=0)
 
 
@@ -181,6 +196,14 @@ class VisusConfig(BaseSettings):
 
     def enabled_endpoints(self) -> list[EndpointConfig]:
         return [e for e in self.endpoints if e.enabled]
+
+    def model_deployments(self) -> list[tuple[str, DeploymentOptions]]:
+        """(Ray Serve deployment name, options) of every enabled endpoint and of its workers."""
+        out = []
+        for endpoint in self.enabled_endpoints():
+            out.append((endpoint.deployment_name, endpoint.options))
+            out += [(worker.name, worker.options) for worker in endpoint.workers]
+        return out
 
     def with_secrets(self) -> "VisusConfig":
         """Fill in a secret key and an API key when none are configured, persisted under home."""

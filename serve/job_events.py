@@ -1,7 +1,8 @@
 """The events a model deployment yields while it runs a job, and the job context it receives.
 
 A deployment's streaming method yields plain dicts (they cross Ray's object store):
-`started` once the replica picks the job up, `log` lines as it goes, then exactly one `result`
+`started` once the replica picks the job up, `log` lines and `data` partial results as it goes,
+then exactly one `result`
 (with an HTTP status code and a JSON body: the model output, or a fal-style error body).
 The job queue, the sync run and the streaming run all consume this one stream.
 """
@@ -26,6 +27,11 @@ def started() -> dict:
 
 def log(message: str, level: LogLevel = "INFO") -> dict:
     return {"type": "log", "log": {"message": message, "level": level, "source": "USER", "timestamp": now_iso()}}
+
+
+def data(payload: dict) -> dict:
+    """A partial result (e.g. one video frame's masks): sent on the streaming run as it is made."""
+    return {"type": "data", "data": payload}
 
 
 def result(body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> dict:

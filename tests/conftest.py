@@ -53,6 +53,23 @@ def _wait_ready(url: str, timeout_s: float = 180) -> None:
     raise RuntimeError("Visus did not become ready")
 
 
+VIDEO_CHUNK = 4  # frames per range: smaller than the test videos, so every video spans several ranges
+VIDEO_ENCODERS = 2
+
+
+def _small_video_pipeline(endpoint):
+    """The video endpoint with short ranges and two encoder replicas, fitting the test cluster's CPUs."""
+    if endpoint.id != "fal-ai/sam2/video":
+        return endpoint
+    small = {"num_cpus": 0.5, "max_ongoing_requests": 2}
+    workers = [w.model_copy(update={"options": w.options.model_copy(
+        update={**small, "num_replicas": VIDEO_ENCODERS, "autoscaling_config": None})}) for w in endpoint.workers]
+    return endpoint.model_copy(update={
+        "model": {**endpoint.model, "chunk_size": VIDEO_CHUNK, "prefetch": 2},
+        "options": endpoint.options.model_copy(update={**small, "num_replicas": 1, "autoscaling_config": None}),
+        "workers": workers})
+
+
 @pytest.fixture(scope="session")
 def visus(tmp_path_factory) -> Stack:
     from serve.ray_env import apply_ray_env_defaults
@@ -74,6 +91,7 @@ def visus(tmp_path_factory) -> Stack:
         webhooks={"attempts": 4, "first_backoff_s": 0.2, "max_backoff_s": 1.0, "timeout_s": 5},
         limits={"max_body_bytes": 16 * 2**20, "max_image_pixels": 20_000_000, "sync_timeout_s": 120},
     )
+    config = config.model_copy(update={"endpoints": [_small_video_pipeline(e) for e in config.endpoints]})
     write_tiny_models(config.resolved_model_dir)
     config = config.with_secrets()
     # A cluster of our own ("local"), never one a developer left running with `make serve`.

@@ -44,3 +44,31 @@ class LoopbackServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def moving_squares(num_frames: int = 14, width: int = 64, height: int = 48) -> np.ndarray:
+    """(N, H, W, 3) uint8 frames: a red square moving right, a green one moving left."""
+    frames = np.full((num_frames, height, width, 3), 30, np.uint8)
+    for i in range(num_frames):
+        frames[i, 8:24, 2 + 2 * i:18 + 2 * i] = (220, 40, 40)
+        frames[i, 28:44, 44 - i:60 - i] = (40, 200, 60)
+    return frames
+
+
+def lossless_video(frames: np.ndarray, fps: int = 12) -> bytes:
+    """A QuickTime video of PNG frames: decoding gives back exactly these pixels."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mov") as container:
+        stream = container.add_stream("png", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "rgb24"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()

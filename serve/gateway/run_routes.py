@@ -66,6 +66,8 @@ def endpoint_router(endpoint: Endpoint) -> APIRouter:
                 async for event in events:
                     if event["type"] == "log":
                         yield sse({"status": "IN_PROGRESS", "request_id": request_id, "logs": [event["log"]]})
+                    elif event["type"] == "data":
+                        yield sse({"status": "IN_PROGRESS", "request_id": request_id, "data": event["data"]})
                     elif event["type"] == "result":
                         yield sse(event["body"])
                         return

@@ -13,6 +13,7 @@ def queue_settings(config) -> dict:
         "app_name": config.app_name,
         "journal_path": config.resolved_journal_path,
         "max_dispatch": config.queue.max_dispatch,
+        "max_attempts": config.queue.max_attempts,
         "keep_completed_in_memory": config.queue.keep_completed_in_memory,
         "fetch": config.fetch.model_dump(),
         "webhooks": config.webhooks.model_dump(),

@@ -21,6 +21,13 @@ from serve.jobs.records import JobRecord
 logger = logging.getLogger("visus.queue")
 
 
+def _replica_lost(exc: BaseException) -> bool:
+    """The replica died or became unreachable mid-job: the job itself may be fine, so run it again."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
+
+
 class _Live:
     """In-memory companions of an active job: its change signal, dispatch task and queue slot."""
 
@@ -210,7 +217,17 @@ class JobQueue:
             if live.cancel_requested:
                 raise asyncio.CancelledError
             async with self._dispatch_slots:
-                outcome = await self._consume(job)
+                while True:
+                    try:
+                        outcome = await self._consume(job)
+                        break
+                    except Exception as exc:
+                        if not _replica_lost(exc) or job.dispatch_count >= self._settings.get("max_attempts", 3):
+                            raise
+                        self._stats["redispatched"] += 1
+                        self._add_log(job, job_events.log(
+                            f"the replica running this request was lost ({type(exc).__name__}); dispatching it again",
+                            "WARN")["log"])
         except asyncio.CancelledError:
             if live.cancel_requested:
                 outcome = job_events.infrastructure_error(499, "Request was cancelled", "client_cancelled")

@@ -32,10 +32,15 @@ def test_rendered_config_runs_with_serve_run(tmp_path, visus):
     rendered = yaml.safe_load(out.read_text())
     app = rendered["applications"][0]
     assert app["import_path"] == "serve.app_builder:app_builder"
-    assert {d["name"] for d in app["deployments"]} == {"gateway", "fal_ai__sam2__image"}
+    assert {d["name"] for d in app["deployments"]} == {"gateway", "fal_ai__sam2__image", "fal_ai__sam2__video",
+                                                       "sam2_video_encoder"}
     assert "rendered-key" not in out.read_text()  # secrets stay out of rendered files
     # A CPU cluster could never place a replica asking for a GPU share.
     assert all("num_gpus" not in d["ray_actor_options"] for d in app["deployments"])
+    # Options in the file win over the builder's: what an operator edits to fit this small test box.
+    for d in app["deployments"]:
+        d["ray_actor_options"]["num_cpus"] = 0.25
+    out.write_text(yaml.safe_dump(rendered))
 
     # The application builder runs inside the cluster: it reads secrets from the config's home folder
     # (where `visus up` keeps them), not from this shell's environment.

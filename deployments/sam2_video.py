@@ -1,0 +1,217 @@
+"""`fal-ai/sam2/video`: SAM 2.1 video segmentation, chunked over encoder replicas by frame ranges.
+
+This deployment is the propagator (DESIGN.md, "SAM 2 video"): it has the frame ranges encoded on
+the `sam2_video_encoder` worker deployment (in parallel, a bounded window ahead), injects the
+features into the SAM 2 video predictor's state, propagates forward and then backward, streams
+per-frame results, and checkpoints its tracking state to storage at each range boundary, so a job
+re-dispatched after its replica died resumes from the last finished range. Output rendering
+(mask video or overlay, bounding-box zip, RLE JSON) follows propagation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+from PIL import Image as PILImage
+
+from deployments.base import ModelDeployment, RequestError, RunContext
+from deployments.model_settings import resolve_device, sam2_build_kwargs
+from deployments.range_features import LocalCall, RangeFeatures
+from deployments.sam2_video_schema import Sam2VideoInput, Sam2VideoOutput, object_prompts  # noqa: F401 (registry)
+from models.image_io import ImageDecodeError, decode_image
+from models.sam2_video import Sam2VideoPropagator, encode_frames, load_sam2_video_predictor
+from models.video_io import Mp4Writer, VideoDecodeError, VideoInfo, iter_frames, probe_video, read_frames
+from models.video_masks import BoxFramesZip, FrameMasks, draw_boxes, mask_box, render_frame
+from serve import job_events
+from serve.output_files import save_output
+from serve.storage import FileNotFound
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class VideoJob:
+    data: bytes
+    info: VideoInfo
+    prompts: list
+    fingerprint: str
+
+
+class Sam2Video(ModelDeployment):
+    input_model = Sam2VideoInput
+
+    def setup(self, model: dict) -> None:
+        self.predictor = load_sam2_video_predictor(model["checkpoint"], device=resolve_device(model.get("device")),
+                                                   **sam2_build_kwargs(model))
+        self.chunk_size = int(model.get("chunk_size", 16))
+        self.prefetch = int(model.get("prefetch", 2))
+        self.encoder_name = model.get("encoder")
+        self.max_frames = int(model.get("max_frames", 10_000))
+        self.max_pixels = int(model.get("max_pixels", 3840 * 2160))
+        self.max_duration_s = float(model.get("max_duration_s", 3600))
+        if self.encoder_name and self.encoder_name not in self.workers:
+            raise ValueError(f"encoder worker {self.encoder_name!r} is not configured for this endpoint")
+
+    # ---- decode: read and check the inputs -------------------------------------------------
+    async def decode(self, request: Sam2VideoInput, ctx: RunContext) -> VideoJob:
+        data, _ = await self.read_input_file("video_url", request.video_url, ctx)
+        try:
+            info = await asyncio.to_thread(probe_video, data)
+        except VideoDecodeError as exc:
+            raise RequestError(["video_url"], str(exc)) from None
+        if info.width * info.height > self.max_pixels:
+            raise RequestError(["video_url"], f"{info.width}x{info.height} video is over the "
+                                              f"{self.max_pixels}-pixel limit", 413)
+        if info.num_frames > self.max_frames:
+            raise RequestError(["video_url"], f"{info.num_frames} frames is over the {self.max_frames}-frame limit", 413)
+        if info.duration > self.max_duration_s:
+            raise RequestError(["video_url"], f"{info.duration:.1f} s is over the {self.max_duration_s:g} s limit", 413)
+        mask = None
+        if request.mask_url:
+            mask_data, _ = await self.read_input_file("mask_url", request.mask_url, ctx)
+            mask = await asyncio.to_thread(self._initial_mask, mask_data, info)
+        prompts = object_prompts(request, info.num_frames, info.height, info.width, mask)
+        digest = hashlib.sha256(data)
+        digest.update(json.dumps(request.model_dump(mode="json", exclude={"mask_url"}), sort_keys=True).encode())
+        if mask is not None:
+            digest.update(np.packbits(mask).tobytes())
+        ctx.log(f"video: {info.num_frames} frames, {info.width}x{info.height} at {float(info.fps):.3g} fps; "
+                f"{len({p.obj_id for p in prompts})} object(s)")
+        ctx.scratch["loop"] = asyncio.get_running_loop()  # predict() runs in a thread; handles live on this loop
+        ctx.scratch["job"] = job = VideoJob(data, info, prompts, digest.hexdigest())
+        return job
+
+    def _initial_mask(self, data: bytes, info: VideoInfo) -> np.ndarray:
+        try:
+            image = decode_image(data, max_pixels=self.max_pixels)
+        except ImageDecodeError as exc:
+            raise RequestError(["mask_url"], str(exc)) from None
+        gray = PILImage.fromarray(image).convert("L")
+        if gray.size != (info.width, info.height):
+            gray = gray.resize((info.width, info.height), PILImage.NEAREST)
+        mask = np.asarray(gray) > 127
+        if not mask.any():
+            raise RequestError(["mask_url"], "the mask is empty (no pixel above 50% grey)")
+        return mask
+
+    # ---- predict: encode ranges on the workers, propagate, checkpoint ----------------------
+    def predict(self, job: VideoJob, ctx: RunContext) -> FrameMasks:
+        info = job.info
+        key = f"checkpoints/{ctx.job.request_id}/sam2-video.msgpack"
+        saved = self._load_checkpoint(key, job.fingerprint)
+        encode = self._encoder(job.data, ctx.scratch["loop"])
+        if saved is not None:
+            prop = Sam2VideoPropagator.from_state(self.predictor, saved["state"])
+            masks = FrameMasks.from_json(saved["masks"])
+            ctx.log(f"resuming from the checkpoint after range {prop.next_step}/{len(prop.steps)}")
+        else:
+            prop = Sam2VideoPropagator(self.predictor, info.num_frames, info.height, info.width, job.prompts,
+                                       self.chunk_size)
+            calls = {f: encode(f, f + 1) for f in prop.prompt_frames}
+            prop.prepare({f: call.result()[0] for f, call in calls.items()})
+            masks = FrameMasks(info.height, info.width)
+        steps = list(prop.remaining_steps)
+        source = RangeFeatures(encode, [(s.start, s.stop) for s in steps], self.prefetch)
+        total = len(prop.steps)
+        try:
+            for step in steps:
+                ctx.cancel.check()
+                started = time.perf_counter()
+                _, features = source.next()
+                waited = time.perf_counter() - started
+                for result in prop.run_step(features):
+                    frame_masks = result.masks()
+                    masks.add(result.frame_idx, result.obj_ids, frame_masks)
+                    ctx.emit(job_events.data(self._frame_event(result.frame_idx, result.obj_ids, masks)))
+                self._save_checkpoint(key, job.fingerprint, prop, masks)
+                direction = "backward" if step.reverse else "forward"
+                ctx.log(f"range {prop.next_step}/{total}: frames {step.start}-{step.stop - 1} {direction} in "
+                        f"{time.perf_counter() - started:.2f} s ({waited:.2f} s waiting for features)")
+        finally:
+            source.cancel()
+        return masks
+
+    @staticmethod
+    def _frame_event(frame_idx: int, obj_ids: list[int], masks: FrameMasks) -> dict:
+        rles = masks.rles(frame_idx)
+        decoded = masks.get(frame_idx)
+        return {"frame_index": frame_idx, "object_ids": list(obj_ids),
+                "boxes": [mask_box(decoded[o]) for o in obj_ids], "masks": [rles[o] for o in obj_ids]}
+
+    def _encoder(self, data: bytes, loop: asyncio.AbstractEventLoop):
+        """(start, stop) -> pending features: on the encoder workers, or in this process when none."""
+        if not self.encoder_name:
+            return lambda start, stop: LocalCall(encode_frames(self.predictor, read_frames(data, start, stop)))
+        import ray
+
+        video = [ray.put(data)]  # one copy in the object store, shared by every range call
+        worker = self.workers[self.encoder_name]
+
+        async def call(start: int, stop: int):
+            # By reference: features come through the object store, not the replica RPC channel.
+            return await worker.options(_by_reference=True).encode_range.remote(video, start, stop)
+
+        # Serve handles must be used from the replica's event loop, not from predict()'s thread.
+        return lambda start, stop: asyncio.run_coroutine_threadsafe(call(start, stop), loop)
+
+    # ---- checkpoints: the tracking state at range boundaries, in storage -------------------
+    def _save_checkpoint(self, key: str, fingerprint: str, prop: Sam2VideoPropagator, masks: FrameMasks) -> None:
+        record = {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "state": prop.export_state(),
+                  "masks": masks.to_json()}
+        self.platform.storage.put(key, msgpack.packb(record), "application/octet-stream")
+
+    def _load_checkpoint(self, key: str, fingerprint: str) -> dict | None:
+        try:
+            data, _ = self.platform.storage.get(key)
+            record = msgpack.unpackb(data)
+        except (FileNotFound, ValueError, msgpack.UnpackException):
+            return None
+        if record.get("version") != CHECKPOINT_VERSION or record.get("fingerprint") != fingerprint:
+            return None  # another request's inputs: never resume from it
+        return record
+
+    # ---- encode: render the outputs --------------------------------------------------------
+    async def encode(self, masks: FrameMasks, request: Sam2VideoInput, ctx: RunContext) -> dict:
+        job: VideoJob = ctx.scratch["job"]
+        video, boxes = await asyncio.to_thread(self._render, job, masks, request, ctx)
+        storage, base = self.platform.storage, ctx.job.base_url
+        out: dict[str, Any] = {"video": await save_output(storage, video, "video/mp4", "masks.mp4", base)}
+        if boxes is not None:
+            out["boundingbox_frames_zip"] = await save_output(storage, boxes, "application/zip", "boxes.zip", base)
+        if request.return_masks_rle:
+            rle = json.dumps(masks.to_json()).encode()
+            out["masks_rle"] = await save_output(storage, rle, "application/json", "masks_rle.json", base)
+        try:
+            storage.delete(f"checkpoints/{ctx.job.request_id}/sam2-video.msgpack")
+        except FileNotFound:
+            pass
+        return out
+
+    def _render(self, job: VideoJob, masks: FrameMasks, request: Sam2VideoInput,
+                ctx: RunContext) -> tuple[bytes, bytes | None]:
+        info = job.info
+        need_frames = request.apply_mask or request.boundingbox_zip
+        frames = iter_frames(job.data) if need_frames else ((i, None) for i in range(info.num_frames))
+        video_out, zip_out = io.BytesIO(), io.BytesIO() if request.boundingbox_zip else None
+        started = time.perf_counter()
+        zipper = BoxFramesZip(zip_out) if zip_out is not None else None
+        with Mp4Writer(video_out, info.fps, info.width, info.height) as writer:
+            for idx, frame in frames:
+                if idx % 32 == 0:
+                    ctx.cancel.check()
+                objects = masks.get(idx)
+                writer.write(render_frame(frame, objects, info.height, info.width, request.apply_mask))
+                if zipper is not None:
+                    zipper.add(idx, draw_boxes(frame, objects))
+        if zipper is not None:
+            zipper.close()
+        ctx.log(f"rendered {info.num_frames} frames in {time.perf_counter() - started:.2f} s")
+        return video_out.getvalue(), zip_out.getvalue() if zip_out is not None else None
