@@ -33,13 +33,15 @@ def test_curl_examples_run(visus):
     assert out.returncode == 0, out.stderr
     assert out.stdout.count('"image"') >= 2 and '"status":"' in out.stdout
     assert "data: " in out.stdout and '"detail"' not in out.stdout
+    assert out.stdout.count('"video"') >= 2 and "video/mp4" in out.stdout
 
 
-def test_python_client_example_runs(visus):
+@pytest.mark.parametrize("index, expected", [(0, "'image'"), (1, "masks_rle")])
+def test_python_client_examples_run(visus, index, expected):
     setup = endpoint_blocks("bash")[0]
     env = {**os.environ, "VISUS_PORT": visus.url.rsplit(":", 1)[1], "VISUS_API_KEYS": visus.key,
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    script = "\n".join(["set -euo pipefail", setup, f"{sys.executable} - <<'PY'", endpoint_blocks("python")[0], "PY"])
+    script = "\n".join(["set -euo pipefail", setup, f"{sys.executable} - <<'PY'", endpoint_blocks("python")[index], "PY"])
     out = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
-    assert "/files/" in out.stdout and "'image'" in out.stdout
+    assert "/files/" in out.stdout and expected in out.stdout

@@ -49,6 +49,11 @@ def test_rendered_config_runs_with_serve_run(tmp_path, visus):
     run_env = {k: v for k, v in env.items() if not k.startswith("VISUS_")}
     # HAProxy's stats and metrics ports are fixed per host; the session's cluster holds the defaults.
     run_env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+    # HAProxy falls back to Ray's proxy on a fixed port, and direct-ingress replica ports come from a fixed
+    # range: the session's cluster holds the defaults, and HAProxy would route to its gateway, not ours.
+    run_env.update(RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=str(free_port()), RAY_SERVE_FALLBACK_PROXY_GRPC_PORT=str(free_port()))
+    run_env.update(RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT="31000", RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT="32000",
+                   RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT="41000", RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT="42000")
     # A separate cluster of its own, never one a developer left running.
     proc = subprocess.Popen([BIN / "serve", "run", "--address", "local", str(out)], env=run_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
