@@ -10,14 +10,9 @@ RAY_PORT ?= 6389
 # propagator and one encoder), more than a 2-core laptop has; torch threads follow each reservation.
 RAY_NUM_CPUS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? 4 : n )))
 export VISUS_PORT
-# The local cluster listens on loopback only; its own token auth guards nothing reachable from outside.
-export RAY_AUTH_MODE ?= disabled
-# Ray Serve's HAProxy ingress and direct replica ingress: about half the platform's CPU per request
-# (BENCHMARKS.md); SSE, streaming and the fal clients are tested on it.
-export RAY_SERVE_ENABLE_HA_PROXY ?= 1
-export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
-# Replica-to-replica gRPC keeps gRPC's 4 MiB default otherwise: below Visus's request size limits.
-export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH ?= 536870912
+# The Ray settings Visus runs with (HAProxy + direct ingress, loopback-only auth, message sizes) live in
+# serve/ray_env.py; the local cluster must start with them.
+RAY_ENV = env $$($(PY) -m serve.ray_env)
 
 .PHONY: install serve stop test bench render
 
@@ -32,8 +27,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 serve: install
-	@$(VENV)/bin/ray status --address 127.0.0.1:$(RAY_PORT) >/dev/null 2>&1 || \
-	  $(VENV)/bin/ray start --head --node-ip-address 127.0.0.1 --port $(RAY_PORT) --num-cpus $(RAY_NUM_CPUS) \
+	@$(RAY_ENV) $(VENV)/bin/ray status --address 127.0.0.1:$(RAY_PORT) >/dev/null 2>&1 || \
+	  $(RAY_ENV) $(VENV)/bin/ray start --head --node-ip-address 127.0.0.1 --port $(RAY_PORT) --num-cpus $(RAY_NUM_CPUS) \
 	    --disable-usage-stats --include-dashboard=false >/dev/null
 	$(VENV)/bin/visus up --address 127.0.0.1:$(RAY_PORT)
 

@@ -27,19 +27,19 @@ class RangeFeatures:
     def _fill(self) -> None:
         while self._todo and len(self._pending) < self._window:
             start, stop = self._todo.popleft()
-            self._pending.append(((start, stop), self._encode(start, stop)))
+            self._pending.append(self._encode(start, stop))
 
-    def next(self) -> tuple[tuple[int, int], list[FrameFeatures]]:
-        """The next range and its features, in request order; starts encoding the ranges after it."""
+    def next(self) -> list[FrameFeatures]:
+        """The next range's features, in request order; starts encoding the ranges after it."""
         self._fill()
         if not self._pending:
             raise StopIteration
-        frames, call = self._pending.popleft()
+        call = self._pending.popleft()
         self._fill()  # keep the encoders busy while this range propagates
-        return frames, call.result()
+        return call.result()
 
     def cancel(self) -> None:
-        for _, call in self._pending:
+        for call in self._pending:
             cancel = getattr(call, "cancel", None)
             if cancel is not None:
                 cancel()

@@ -18,23 +18,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import numpy as np
 from PIL import Image as PILImage
 
 from deployments.base import ModelDeployment, RequestError, RunContext
 from deployments.model_settings import resolve_device, sam2_build_kwargs
+from deployments.range_checkpoint import RangeCheckpoint
 from deployments.range_features import LocalCall, RangeFeatures
-from deployments.sam2_video_schema import Sam2VideoInput, Sam2VideoOutput, object_prompts  # noqa: F401 (registry)
+from deployments.sam2_video_schema import Sam2VideoInput, object_prompts
 from models.image_io import ImageDecodeError, decode_image
 from models.sam2_video import Sam2VideoPropagator, encode_frames, load_sam2_video_predictor
 from models.video_io import Mp4Writer, VideoDecodeError, VideoInfo, iter_frames, probe_video, read_frames
-from models.video_masks import BoxFramesZip, FrameMasks, draw_boxes, mask_box, render_frame
+from models.video_masks import BoxFramesZip, FrameMasks, draw_boxes, render_frame
 from serve import job_events
 from serve.output_files import save_output
-from serve.storage import FileNotFound
-
-CHECKPOINT_VERSION = 1
 
 
 @dataclass
@@ -43,6 +40,15 @@ class VideoJob:
     info: VideoInfo
     prompts: list
     fingerprint: str
+
+
+def _fingerprint(data: bytes, request: Sam2VideoInput, mask: np.ndarray | None) -> str:
+    """Identifies a job's inputs: a checkpoint is resumed only by a job with the same ones."""
+    digest = hashlib.sha256(data)
+    digest.update(json.dumps(request.model_dump(mode="json", exclude={"mask_url"}), sort_keys=True).encode())
+    if mask is not None:
+        digest.update(np.packbits(mask).tobytes())
+    return digest.hexdigest()
 
 
 class Sam2Video(ModelDeployment):
@@ -79,14 +85,11 @@ class Sam2Video(ModelDeployment):
             mask_data, _ = await self.read_input_file("mask_url", request.mask_url, ctx)
             mask = await asyncio.to_thread(self._initial_mask, mask_data, info)
         prompts = object_prompts(request, info.num_frames, info.height, info.width, mask)
-        digest = hashlib.sha256(data)
-        digest.update(json.dumps(request.model_dump(mode="json", exclude={"mask_url"}), sort_keys=True).encode())
-        if mask is not None:
-            digest.update(np.packbits(mask).tobytes())
+        fingerprint = await asyncio.to_thread(_fingerprint, data, request, mask)  # hashing a long video takes a while
         ctx.log(f"video: {info.num_frames} frames, {info.width}x{info.height} at {float(info.fps):.3g} fps; "
                 f"{len({p.obj_id for p in prompts})} object(s)")
         ctx.scratch["loop"] = asyncio.get_running_loop()  # predict() runs in a thread; handles live on this loop
-        ctx.scratch["job"] = job = VideoJob(data, info, prompts, digest.hexdigest())
+        ctx.scratch["job"] = job = VideoJob(data, info, prompts, fingerprint)
         return job
 
     def _initial_mask(self, data: bytes, info: VideoInfo) -> np.ndarray:
@@ -105,33 +108,34 @@ class Sam2Video(ModelDeployment):
     # ---- predict: encode ranges on the workers, propagate, checkpoint ----------------------
     def predict(self, job: VideoJob, ctx: RunContext) -> FrameMasks:
         info = job.info
-        key = f"checkpoints/{ctx.job.request_id}/sam2-video.msgpack"
-        saved = self._load_checkpoint(key, job.fingerprint)
+        checkpoint = self._checkpoint(job, ctx)
+        saved = checkpoint.load()
         encode = self._encoder(job.data, ctx.scratch["loop"])
+        masks = FrameMasks(info.height, info.width)
         if saved is not None:
-            prop = Sam2VideoPropagator.from_state(self.predictor, saved["state"])
-            masks = FrameMasks.from_json(saved["masks"])
+            state, ranges = saved
+            prop = Sam2VideoPropagator.from_state(self.predictor, state)
+            for range_masks in ranges:
+                masks.add_json(range_masks)
             ctx.log(f"resuming from the checkpoint after range {prop.next_step}/{len(prop.steps)}")
         else:
             prop = Sam2VideoPropagator(self.predictor, info.num_frames, info.height, info.width, job.prompts,
                                        self.chunk_size)
             calls = {f: encode(f, f + 1) for f in prop.prompt_frames}
             prop.prepare({f: call.result()[0] for f, call in calls.items()})
-            masks = FrameMasks(info.height, info.width)
         steps = list(prop.remaining_steps)
         source = RangeFeatures(encode, [(s.start, s.stop) for s in steps], self.prefetch)
-        total = len(prop.steps)
+        total = ctx.scratch["ranges"] = len(prop.steps)
         try:
             for step in steps:
                 ctx.cancel.check()
                 started = time.perf_counter()
-                _, features = source.next()
+                features = source.next()
                 waited = time.perf_counter() - started
                 for result in prop.run_step(features):
-                    frame_masks = result.masks()
-                    masks.add(result.frame_idx, result.obj_ids, frame_masks)
+                    masks.add(result.frame_idx, result.obj_ids, result.masks())
                     ctx.emit(job_events.data(self._frame_event(result.frame_idx, result.obj_ids, masks)))
-                self._save_checkpoint(key, job.fingerprint, prop, masks)
+                checkpoint.save(prop.next_step, prop.export_state(), masks.to_json(step.frames))
                 direction = "backward" if step.reverse else "forward"
                 ctx.log(f"range {prop.next_step}/{total}: frames {step.start}-{step.stop - 1} {direction} in "
                         f"{time.perf_counter() - started:.2f} s ({waited:.2f} s waiting for features)")
@@ -141,10 +145,9 @@ class Sam2Video(ModelDeployment):
 
     @staticmethod
     def _frame_event(frame_idx: int, obj_ids: list[int], masks: FrameMasks) -> dict:
-        rles = masks.rles(frame_idx)
-        decoded = masks.get(frame_idx)
+        rles, boxes = masks.rles(frame_idx), masks.boxes(frame_idx)
         return {"frame_index": frame_idx, "object_ids": list(obj_ids),
-                "boxes": [mask_box(decoded[o]) for o in obj_ids], "masks": [rles[o] for o in obj_ids]}
+                "boxes": [boxes[o] for o in obj_ids], "masks": [rles[o] for o in obj_ids]}
 
     def _encoder(self, data: bytes, loop: asyncio.AbstractEventLoop):
         """(start, stop) -> pending features: on the encoder workers, or in this process when none."""
@@ -162,21 +165,8 @@ class Sam2Video(ModelDeployment):
         # Serve handles must be used from the replica's event loop, not from predict()'s thread.
         return lambda start, stop: asyncio.run_coroutine_threadsafe(call(start, stop), loop)
 
-    # ---- checkpoints: the tracking state at range boundaries, in storage -------------------
-    def _save_checkpoint(self, key: str, fingerprint: str, prop: Sam2VideoPropagator, masks: FrameMasks) -> None:
-        record = {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "state": prop.export_state(),
-                  "masks": masks.to_json()}
-        self.platform.storage.put(key, msgpack.packb(record), "application/octet-stream")
-
-    def _load_checkpoint(self, key: str, fingerprint: str) -> dict | None:
-        try:
-            data, _ = self.platform.storage.get(key)
-            record = msgpack.unpackb(data)
-        except (FileNotFound, ValueError, msgpack.UnpackException):
-            return None
-        if record.get("version") != CHECKPOINT_VERSION or record.get("fingerprint") != fingerprint:
-            return None  # another request's inputs: never resume from it
-        return record
+    def _checkpoint(self, job: VideoJob, ctx: RunContext) -> RangeCheckpoint:
+        return RangeCheckpoint(self.platform.storage, ctx.job.request_id, job.fingerprint)
 
     # ---- encode: render the outputs --------------------------------------------------------
     async def encode(self, masks: FrameMasks, request: Sam2VideoInput, ctx: RunContext) -> dict:
@@ -189,10 +179,7 @@ class Sam2Video(ModelDeployment):
         if request.return_masks_rle:
             rle = json.dumps(masks.to_json()).encode()
             out["masks_rle"] = await save_output(storage, rle, "application/json", "masks_rle.json", base)
-        try:
-            storage.delete(f"checkpoints/{ctx.job.request_id}/sam2-video.msgpack")
-        except FileNotFound:
-            pass
+        await asyncio.to_thread(self._checkpoint(job, ctx).clear, ctx.scratch["ranges"])
         return out
 
     def _render(self, job: VideoJob, masks: FrameMasks, request: Sam2VideoInput,

@@ -227,8 +227,10 @@ def direct_bench(checkpoint: Path, png: bytes, seconds: float) -> dict:
 def start_ray(port: int):
     # Workers at the same priority as the direct calls (Ray's default renices them to 15).
     os.environ.setdefault("RAY_worker_niceness", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from serve.ray_env import apply_ray_env_defaults
+
+    apply_ray_env_defaults()  # the settings `make serve` runs with
     import ray
     from ray import serve
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -104,6 +104,11 @@ class FrameMasks:
         """Object id -> ``(H, W)`` bool mask for ``frame_idx``; ``{}`` if the frame has none."""
         return {obj_id: decode_rle(rle) for obj_id, rle in self.rles(frame_idx).items()}
 
+    def boxes(self, frame_idx: int) -> dict[int, list[int] | None]:
+        """Object id -> tight box (as :func:`mask_box`) for ``frame_idx``, without decoding."""
+        objects = self._frames.get(int(frame_idx), {})
+        return {obj_id: None if objects[obj_id][1] is None else list(objects[obj_id][1]) for obj_id in sorted(objects)}
+
     def rles(self, frame_idx: int) -> dict[int, dict]:
         """Object id -> RLE for ``frame_idx``, in ascending id order; ``{}`` if none."""
         objects = self._frames.get(int(frame_idx), {})
@@ -118,44 +123,45 @@ class FrameMasks:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def to_json(self) -> dict:
-        """A JSON-ready dict, frames and objects in ascending order."""
-        frames = []
-        for frame_idx in sorted(self._frames):
-            objects = self._frames[frame_idx]
-            frames.append({
+    def to_json(self, frames: Iterable[int] | None = None) -> dict:
+        """A JSON-ready dict, frames and objects in ascending order; ``frames`` picks a subset."""
+        wanted = sorted(self._frames) if frames is None else sorted(int(f) for f in frames if f in self)
+        out = []
+        for frame_idx in wanted:
+            boxes = self.boxes(frame_idx)
+            out.append({
                 "frame_index": frame_idx,
-                "objects": [
-                    {
-                        "object_id": obj_id,
-                        "box": None if objects[obj_id][1] is None else list(objects[obj_id][1]),
-                        "rle": dict(objects[obj_id][0]),
-                    }
-                    for obj_id in sorted(objects)
-                ],
+                "objects": [{"object_id": obj_id, "box": boxes[obj_id], "rle": rle}
+                            for obj_id, rle in self.rles(frame_idx).items()],
             })
-        return {"height": self.height, "width": self.width, "frames": frames}
+        return {"height": self.height, "width": self.width, "frames": out}
 
     @classmethod
     def from_json(cls, data: dict) -> "FrameMasks":
         """Inverse of :meth:`to_json`; the RLEs are taken as they are, not re-encoded."""
         out = cls(data["height"], data["width"])
+        out.add_json(data)
+        return out
+
+    def add_json(self, data: dict) -> None:
+        """Merge frames exported by :meth:`to_json` of a store of the same size."""
+        if [int(data["height"]), int(data["width"])] != [self.height, self.width]:
+            raise ValueError(f"masks of {data['width']}x{data['height']} do not match {self.width}x{self.height}")
         for frame in data["frames"]:
-            objects = out._frames.setdefault(int(frame["frame_index"]), {})
+            objects = self._frames.setdefault(int(frame["frame_index"]), {})
             for obj in frame["objects"]:
                 rle = obj["rle"]
                 counts = rle["counts"]
                 if isinstance(counts, bytes):
                     counts = counts.decode("utf-8")
                 size = [int(v) for v in rle["size"]]
-                if size != [out.height, out.width]:
-                    raise ValueError(f"RLE size {size} does not match {out.height}x{out.width}")
+                if size != [self.height, self.width]:
+                    raise ValueError(f"RLE size {size} does not match {self.height}x{self.width}")
                 box = obj.get("box")
                 objects[int(obj["object_id"])] = (
                     {"size": size, "counts": counts},
                     None if box is None else [int(v) for v in box],
                 )
-        return out
 
 
 def render_frame(

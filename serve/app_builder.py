@@ -11,7 +11,7 @@ from typing import Any
 
 from ray import serve
 
-from serve.config import VisusConfig, load_config
+from serve.config import EndpointConfig, VisusConfig, WorkerConfig, load_config
 from serve.gateway.ingress import gateway_deployment
 from serve.registry import import_object
 
@@ -41,11 +41,11 @@ def platform_settings(config: VisusConfig) -> dict[str, Any]:
     }
 
 
-def _bind(config: VisusConfig, import_path: str, name: str, options, model_settings: dict, platform: dict,
-          has_gpu: bool, workers: dict | None = None):
+def _bind(config: VisusConfig, spec: EndpointConfig | WorkerConfig, name: str, platform: dict, has_gpu: bool,
+          workers: dict | None = None):
     """One model deployment bound to its settings; `workers` become handles inside its replicas."""
-    deployment = serve.deployment(import_object(import_path), name=name, **options.ray_options(has_gpu))
-    model = config.model_setting(model_settings)
+    deployment = serve.deployment(import_object(spec.deployment), name=name, **spec.options.ray_options(has_gpu))
+    model = config.model_setting(spec.model)
     if not has_gpu and model.get("device") not in (None, "auto", "cpu"):
         model["device"] = "cpu"
     return deployment.bind(model, platform, workers) if workers else deployment.bind(model, platform)
@@ -57,10 +57,8 @@ def build_app(config: VisusConfig, has_gpu: bool | None = None):
     platform = platform_settings(config)
     models = {}
     for endpoint in config.enabled_endpoints():
-        workers = {worker.name: _bind(config, worker.deployment, worker.name, worker.options, worker.model,
-                                      platform, has_gpu) for worker in endpoint.workers}
-        models[endpoint.deployment_name] = _bind(config, endpoint.deployment, endpoint.deployment_name,
-                                                 endpoint.options, endpoint.model, platform, has_gpu, workers)
+        workers = {w.name: _bind(config, w, w.name, platform, has_gpu) for w in endpoint.workers}
+        models[endpoint.deployment_name] = _bind(config, endpoint, endpoint.deployment_name, platform, has_gpu, workers)
     return gateway_deployment(config, has_gpu).bind(config.model_dump(mode="json"), models)
 
 

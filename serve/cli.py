@@ -120,6 +120,9 @@ def _wait_ready(url: str, key: str, timeout_s: float = 300.0) -> None:
 
 
 def cmd_up(args) -> int:
+    from serve.ray_env import apply_ray_env_defaults
+
+    apply_ray_env_defaults()
     import ray
     from ray import serve
 

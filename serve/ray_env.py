@@ -1,7 +1,7 @@
 """Ray settings Visus runs with; they must be in the environment before a cluster starts.
 
-The Makefile exports the same values for `ray start`; tests and benchmarks that start their own
-cluster call `apply_ray_env_defaults()` first.
+`python -m serve.ray_env` prints them as NAME=VALUE (values already in the environment win) for
+the Makefile's `ray start`; the CLI, tests and benchmarks call `apply_ray_env_defaults()` first.
 """
 
 from __future__ import annotations
@@ -22,3 +22,8 @@ RAY_ENV_DEFAULTS = {
 def apply_ray_env_defaults() -> None:
     for name, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
+
+
+if __name__ == "__main__":
+    apply_ray_env_defaults()
+    print(" ".join(f"{name}={os.environ[name]}" for name in RAY_ENV_DEFAULTS))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -72,3 +73,14 @@ def lossless_video(frames: np.ndarray, fps: int = 12) -> bytes:
 
 def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def queue_outcome(http, submitted: dict, timeout_s: float = 240):
+    """Poll a queued request's status (with logs) until COMPLETED; return (that status, its result response)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        status = http.get(submitted["status_url"], params={"logs": 1}).json()
+        if status["status"] == "COMPLETED":
+            return status, http.get(submitted["response_url"])
+        time.sleep(0.05)
+    raise AssertionError("the request did not complete")

@@ -23,9 +23,9 @@ logger = logging.getLogger("visus.queue")
 
 def _replica_lost(exc: BaseException) -> bool:
     """The replica died or became unreachable mid-job: the job itself may be fine, so run it again."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    from ray.exceptions import RayActorError  # ActorDiedError and ActorUnavailableError included
 
-    return isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
+    return isinstance(exc, RayActorError)
 
 
 class _Live:

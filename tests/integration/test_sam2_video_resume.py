@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
 import pytest
 
-from tests.helpers import data_uri, lossless_video, moving_squares
+from tests.helpers import data_uri, lossless_video, moving_squares, queue_outcome
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +30,6 @@ def ranges_done(logs: list[dict]) -> int:
     return sum(log["message"].startswith("range ") for log in logs)
 
 
-def run_to_end(http: httpx.Client, submitted: dict, timeout_s: float = 240) -> tuple[dict, httpx.Response]:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        status = http.get(submitted["status_url"], params={"logs": 1}).json()
-        if status["status"] == "COMPLETED":
-            return status, http.get(submitted["response_url"])
-        time.sleep(0.1)
-    raise AssertionError("video job did not complete")
-
-
 def test_killed_propagator_resumes_from_the_last_finished_range(visus):
     video = data_uri(lossless_video(moving_squares(96, 64, 48)), "video/quicktime")
     body = {"video_url": video, **BODY_PROMPTS}
@@ -55,7 +44,7 @@ def test_killed_propagator_resumes_from_the_last_finished_range(visus):
             time.sleep(0.05)
         kill_propagator_replica()
 
-        status, response = run_to_end(http, submitted)
+        status, response = queue_outcome(http, submitted)
         assert response.status_code == 200, response.text
         messages = [log["message"] for log in status["logs"]]
         assert any("dispatching it again" in m for m in messages), messages
@@ -66,7 +55,7 @@ def test_killed_propagator_resumes_from_the_last_finished_range(visus):
 
         # The same request without a kill: identical masks on every frame.
         again = http.post("/queue/fal-ai/sam2/video", json=body).json()
-        _, clean = run_to_end(http, again)
+        _, clean = queue_outcome(http, again)
         assert clean.status_code == 200
         assert json.loads(http.get(clean.json()["masks_rle"]["url"]).content) == interrupted
 

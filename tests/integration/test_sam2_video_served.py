@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import zipfile
 
 import numpy as np
@@ -21,7 +20,7 @@ from models.sam2_video import load_sam2_video_predictor
 from models.video_io import probe_video
 from models.video_masks import decode_rle
 from tests.conftest import VIDEO_CHUNK, VIDEO_ENCODERS
-from tests.helpers import data_uri, lossless_video, moving_squares, png_data_uri
+from tests.helpers import data_uri, lossless_video, moving_squares, png_data_uri, queue_outcome
 
 pytestmark = pytest.mark.integration
 
@@ -42,16 +41,6 @@ def clip(tmp_path_factory):
         Image.fromarray(frame).save(folder / f"{i}.jpg", quality=95)
     pixels = np.stack([np.array(Image.open(folder / f"{i}.jpg").convert("RGB")) for i in range(N)])
     return lossless_video(pixels), folder
-
-
-def wait_result(http, submitted: dict, timeout_s: float = 180) -> tuple[dict, dict]:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        status = http.get(submitted["status_url"], params={"logs": 1}).json()
-        if status["status"] == "COMPLETED":
-            return status, http.get(submitted["response_url"])
-        time.sleep(0.1)
-    raise AssertionError("video job did not complete")
 
 
 def reference_masks(checkpoint, folder) -> dict[int, dict[int, np.ndarray]]:
@@ -83,7 +72,7 @@ def test_chunked_over_encoder_replicas_equals_the_plain_predictor(visus, clip):
             "return_masks_rle": True, "boundingbox_zip": True}
     with visus.client() as http:
         submitted = http.post("/queue/fal-ai/sam2/video", json=body).json()
-        status, response = wait_result(http, submitted)
+        status, response = queue_outcome(http, submitted)
         assert response.status_code == 200, response.text
         out = response.json()
         ranges = [log["message"] for log in status["logs"] if log["message"].startswith("range ")]
