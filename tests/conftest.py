@@ -90,6 +90,7 @@ def visus(tmp_path_factory) -> Stack:
         fetch={"allow": [ALLOWED_HOST], "max_bytes": 8 * 2**20, "timeout_s": 10},
         webhooks={"attempts": 4, "first_backoff_s": 0.2, "max_backoff_s": 1.0, "timeout_s": 5},
         limits={"max_body_bytes": 16 * 2**20, "max_image_pixels": 20_000_000, "sync_timeout_s": 120},
+        realtime={"idle_timeout_s": 4},
     )
     config = config.model_copy(update={"endpoints": [_small_video_pipeline(e) for e in config.endpoints]})
     write_tiny_models(config.resolved_model_dir)

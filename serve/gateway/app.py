@@ -8,6 +8,7 @@ from serve.config import VisusConfig
 from serve.gateway.body_limit import BodySizeLimit
 from serve.gateway.errors import install_error_handlers
 from serve.gateway.ops_routes import ops_router
+from serve.gateway.realtime_routes import realtime_router, unknown_realtime_router
 from serve.gateway.queue_routes import requests_router, submit_router
 from serve.gateway.run_routes import endpoint_router, unknown_endpoint_router
 from serve.gateway.storage_routes import storage_router
@@ -34,5 +35,7 @@ def create_app(config: VisusConfig, registry: EndpointRegistry) -> FastAPI:
     app.include_router(requests_router())
     for endpoint in registry:
         app.include_router(endpoint_router(endpoint))
+        app.include_router(realtime_router(endpoint))
     app.include_router(unknown_endpoint_router())
+    app.include_router(unknown_realtime_router())
     return app

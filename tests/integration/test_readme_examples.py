@@ -23,7 +23,7 @@ def endpoint_blocks(language: str) -> list[str]:
 
 def test_readme_has_curl_and_python_examples():
     assert any("curl" in block for block in endpoint_blocks("bash"))
-    assert any("fal_client" in block for block in endpoint_blocks("python"))
+    assert len(endpoint_blocks("python")) == 3, "a new Python example needs a case in the test below"
 
 
 def test_curl_examples_run(visus):
@@ -36,7 +36,7 @@ def test_curl_examples_run(visus):
     assert out.stdout.count('"video"') >= 2 and "video/mp4" in out.stdout
 
 
-@pytest.mark.parametrize("index, expected", [(0, "'image'"), (1, "masks_rle")])
+@pytest.mark.parametrize("index, expected", [(0, "'image'"), (1, "masks_rle"), (2, "data:image/png;base64")])
 def test_python_client_examples_run(visus, index, expected):
     setup = endpoint_blocks("bash")[0]
     env = {**os.environ, "VISUS_PORT": visus.url.rsplit(":", 1)[1], "VISUS_API_KEYS": visus.key,
