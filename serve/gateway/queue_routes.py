@@ -144,7 +144,9 @@ def requests_router() -> APIRouter:
     @router.get("/queue/{queue_base:path}/requests/{request_id}/status/stream", summary="Status as server-sent events",
                 response_class=StreamingResponse,
                 responses={200: {"content": {"text/event-stream": {}},
-                                 "description": "One `data:` status per change, new logs only; ends after COMPLETED."}})
+                                 "description": "One `data:` status per change, new logs only; partial results "
+                                                "(e.g. per-frame video masks) as IN_PROGRESS events with `data`; "
+                                                "ends after COMPLETED."}})
     async def status_stream(request: Request, queue_base: str, request_id: str,
                             logs: str | None = Query(None, description="1|true to include logs."),
                             svc: GatewayServices = Depends(services)):
@@ -155,18 +157,25 @@ def requests_router() -> APIRouter:
         links = urls(svc.base_url(request), queue_base, request_id)
 
         async def events():
-            update, sent_logs = first, 0
+            update, sent_logs, sent_status = first, 0, None
             while True:
                 view = dict(update["status"])
+                new_logs = update["log_count"] > sent_logs
                 if view.get("logs") is not None:
                     view["logs"] = view["logs"] if with_logs else None
                 sent_logs = update["log_count"]
-                yield sse({**view, **links})
+                # Partial results come first: they were made before the status that follows them.
+                for data in update["data"]:
+                    yield sse({"status": "IN_PROGRESS", "request_id": request_id, "data": data, **links})
+                if view["status"] != sent_status or (new_logs and with_logs) or view["status"] == "COMPLETED":
+                    sent_status = view["status"]
+                    yield sse({**view, **links})
                 if view["status"] == "COMPLETED":
                     return
-                version = update["version"]
+                version, data_count = update["version"], update["data_count"]
                 while True:
-                    update = await svc.queue.watch.remote(request_id, queue_base, version, sent_logs, KEEPALIVE_S)
+                    update = await svc.queue.watch.remote(request_id, queue_base, version, sent_logs, KEEPALIVE_S,
+                                                          data_count)
                     if update is None:
                         return
                     if update["version"] != version or update["status"]["status"] == "COMPLETED":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from serve import job_events
@@ -19,6 +19,10 @@ from serve.jobs.journal import Journal
 from serve.jobs.records import JobRecord
 
 logger = logging.getLogger("visus.queue")
+
+# Partial results (e.g. per-frame video masks) kept per running job for status-stream watchers. They
+# are not journaled: the final result is the record; a watcher that falls this far behind skips some.
+DATA_EVENTS_KEPT = 512
 
 
 def _replica_lost(exc: BaseException) -> bool:
@@ -31,13 +35,19 @@ def _replica_lost(exc: BaseException) -> bool:
 class _Live:
     """In-memory companions of an active job: its change signal, dispatch task and queue slot."""
 
-    __slots__ = ("changed", "task", "cancel_requested", "version")
+    __slots__ = ("changed", "task", "cancel_requested", "version", "data", "data_count")
 
     def __init__(self):
         self.changed = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.cancel_requested = False
         self.version = 0
+        self.data: deque[dict] = deque(maxlen=DATA_EVENTS_KEPT)  # the newest partial results
+        self.data_count = 0  # partial results so far; data[-1] is number data_count - 1
+
+    def data_since(self, offset: int) -> list[dict]:
+        first_kept = self.data_count - len(self.data)
+        return list(self.data)[max(0, offset - first_kept):]
 
 
 class JobQueue:
@@ -150,8 +160,11 @@ class JobQueue:
         return job.status_view(with_logs, self._queue_position(job))
 
     async def watch(self, request_id: str, queue_base: str | None, after_version: int,
-                    log_offset: int, timeout_s: float) -> dict | None:
-        """Long-poll: return once the job changed after `after_version` (or on timeout)."""
+                    log_offset: int, timeout_s: float, data_offset: int = 0) -> dict | None:
+        """Long-poll: return once the job changed after `after_version` (or on timeout).
+
+        Also returns the partial results from number `data_offset` on that are still kept.
+        """
         await self._ensure_recovered()
         job = self._lookup(request_id, queue_base)
         if job is None:
@@ -164,7 +177,9 @@ class JobQueue:
                 pass
         version = live.version if live is not None else after_version + 1
         return {"version": version, "log_count": len(job.logs),
-                "status": job.status_view(True, self._queue_position(job), log_offset)}
+                "status": job.status_view(True, self._queue_position(job), log_offset),
+                "data": live.data_since(data_offset) if live is not None else [],
+                "data_count": live.data_count if live is not None else data_offset}
 
     async def result(self, request_id: str, queue_base: str | None) -> dict | None:
         await self._ensure_recovered()
@@ -264,6 +279,8 @@ class JobQueue:
                     self._mark_started(job)
                 elif kind == "log":
                     self._add_log(job, event["log"])
+                elif kind == "data":
+                    self._add_data(job, event["data"])
                 elif kind == "result":
                     return event
         finally:
@@ -291,6 +308,12 @@ class JobQueue:
         self._journal.append_log(job.request_id, len(job.logs) - 1, entry)
         self._notify(job)
 
+    def _add_data(self, job: JobRecord, payload: dict) -> None:
+        live = self._live[job.request_id]
+        live.data.append(payload)
+        live.data_count += 1
+        self._notify(job)
+
     def _complete(self, job: JobRecord, outcome: dict) -> None:
         queued = self._queued.get(job.deployment)
         if queued is not None:
@@ -305,7 +328,9 @@ class JobQueue:
         self._stats["completed" if job.succeeded else "failed"] += 1
         self._journal.save(job)
         self._notify(job)
-        self._live[job.request_id].task = None
+        live = self._live[job.request_id]
+        live.task = None
+        live.data.clear()
         self._remember_completed(job)
         if job.webhook_state == "pending":
             asyncio.get_running_loop().create_task(self._deliver_webhook(job))

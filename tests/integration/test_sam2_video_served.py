@@ -116,6 +116,27 @@ def test_streaming_run_sends_each_frame_as_it_is_made(visus, clip):
     assert any("range 1/" in log["message"] for e in events for log in e.get("logs") or [])
 
 
+def test_status_stream_of_a_queued_job_sends_each_frame(visus, clip):
+    video, _ = clip
+    body = {"video_url": data_uri(video, "video/quicktime"), "return_masks_rle": True,
+            "box_prompts": [{"x_min": 2, "y_min": 6, "x_max": 20, "y_max": 26, "object_id": 3}]}
+    with visus.client() as http:
+        submitted = http.post("/queue/fal-ai/sam2/video", json=body).json()
+        with http.stream("GET", submitted["status_url"] + "/stream", params={"logs": "1"}) as response:
+            assert response.status_code == 200
+            events = [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data:")]
+        served = json.loads(http.get(http.get(submitted["response_url"]).json()["masks_rle"]["url"]).content)
+    frames = [e["data"] for e in events if "data" in e]
+    assert all(e["status"] == "IN_PROGRESS" and e["request_id"] == submitted["request_id"] for e in events
+               if "data" in e)
+    assert sorted(f["frame_index"] for f in frames) == list(range(N))  # each frame once
+    final = {f["frame_index"]: f["objects"][0]["rle"] for f in served["frames"]}
+    assert all(f["object_ids"] == [3] and f["masks"][0] == final[f["frame_index"]] for f in frames)
+    assert events[-1]["status"] == "COMPLETED"
+    statuses = [e["status"] for e in events if "data" not in e]
+    assert statuses[0] in ("IN_QUEUE", "IN_PROGRESS") and statuses.count("COMPLETED") == 1
+
+
 @pytest.mark.parametrize("case", ["not a video", "frame past the end", "box outside", "no prompt", "point outside"])
 def test_bad_video_input_is_a_4xx_naming_the_field(visus, clip, case):
     video = data_uri(clip[0], "video/quicktime")
