@@ -4,8 +4,9 @@ This deployment is the propagator (DESIGN.md, "SAM 2 video"): it has the frame r
 the `sam2_video_encoder` worker deployment (in parallel, a bounded window ahead), injects the
 features into the SAM 2 video predictor's state, propagates forward and then backward, streams
 per-frame results, and checkpoints its tracking state to storage at each range boundary, so a job
-re-dispatched after its replica died resumes from the last finished range. Output rendering
-(mask video or overlay, bounding-box zip, RLE JSON) follows propagation.
+re-dispatched after its replica died resumes from the last finished range. The outputs (mask
+video or overlay, bounding-box zip) are then rendered by frame ranges on the encoder workers in
+parallel and joined without re-encoding; the RLE JSON is written from the masks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import hashlib
 import io
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,10 +30,13 @@ from deployments.range_features import LocalCall, RangeFeatures
 from deployments.sam2_video_schema import Sam2VideoInput, object_prompts
 from models.image_io import ImageDecodeError, decode_image
 from models.sam2_video import Sam2VideoPropagator, encode_frames, load_sam2_video_predictor
-from models.video_io import Mp4Writer, VideoDecodeError, VideoInfo, iter_frames, probe_video, read_frames
-from models.video_masks import BoxFramesZip, FrameMasks, draw_boxes, render_frame
+from models.video_io import VideoDecodeError, VideoInfo, probe_video, read_frames
+from models.video_masks import BoxFramesZip, FrameMasks
+from models.video_render import RenderedRange, SegmentMismatch, join_segments, render_range
 from serve import job_events
 from serve.output_files import save_output
+
+logger = logging.getLogger("visus.sam2_video")
 
 
 @dataclass
@@ -40,6 +45,14 @@ class VideoJob:
     info: VideoInfo
     prompts: list
     fingerprint: str
+    shared: list | None = None  # [ObjectRef of data]: one copy in the object store for every worker call
+
+    def shared_video(self) -> list:
+        if self.shared is None:
+            import ray
+
+            self.shared = [ray.put(self.data)]
+        return self.shared
 
 
 def _fingerprint(data: bytes, request: Sam2VideoInput, mask: np.ndarray | None) -> str:
@@ -110,7 +123,7 @@ class Sam2Video(ModelDeployment):
         info = job.info
         checkpoint = self._checkpoint(job, ctx)
         saved = checkpoint.load()
-        encode = self._encoder(job.data, ctx.scratch["loop"])
+        encode = self._encoder(job, ctx.scratch["loop"])
         masks = FrameMasks(info.height, info.width)
         if saved is not None:
             state, ranges = saved
@@ -149,13 +162,11 @@ class Sam2Video(ModelDeployment):
         return {"frame_index": frame_idx, "object_ids": list(obj_ids),
                 "boxes": [boxes[o] for o in obj_ids], "masks": [rles[o] for o in obj_ids]}
 
-    def _encoder(self, data: bytes, loop: asyncio.AbstractEventLoop):
+    def _encoder(self, job: VideoJob, loop: asyncio.AbstractEventLoop):
         """(start, stop) -> pending features: on the encoder workers, or in this process when none."""
         if not self.encoder_name:
-            return lambda start, stop: LocalCall(encode_frames(self.predictor, read_frames(data, start, stop)))
-        import ray
-
-        video = [ray.put(data)]  # one copy in the object store, shared by every range call
+            return lambda start, stop: LocalCall(encode_frames(self.predictor, read_frames(job.data, start, stop)))
+        video = job.shared_video()
         worker = self.workers[self.encoder_name]
 
         async def call(start: int, stop: int):
@@ -171,10 +182,14 @@ class Sam2Video(ModelDeployment):
     # ---- encode: render the outputs --------------------------------------------------------
     async def encode(self, masks: FrameMasks, request: Sam2VideoInput, ctx: RunContext) -> dict:
         job: VideoJob = ctx.scratch["job"]
-        video, boxes = await asyncio.to_thread(self._render, job, masks, request, ctx)
+        started = time.perf_counter()
+        rendered, where = await self._render(job, masks, request, ctx)
+        video = await asyncio.to_thread(self._join, job, masks, request, rendered, ctx)
+        ctx.log(f"rendered {job.info.num_frames} frames in {time.perf_counter() - started:.2f} s ({where})")
         storage, base = self.platform.storage, ctx.job.base_url
         out: dict[str, Any] = {"video": await save_output(storage, video, "video/mp4", "masks.mp4", base)}
-        if boxes is not None:
+        if request.boundingbox_zip:
+            boxes = await asyncio.to_thread(self._box_zip, rendered)
             out["boundingbox_frames_zip"] = await save_output(storage, boxes, "application/zip", "boxes.zip", base)
         if request.return_masks_rle:
             rle = json.dumps(masks.to_json()).encode()
@@ -182,23 +197,38 @@ class Sam2Video(ModelDeployment):
         await asyncio.to_thread(self._checkpoint(job, ctx).clear, ctx.scratch["ranges"])
         return out
 
-    def _render(self, job: VideoJob, masks: FrameMasks, request: Sam2VideoInput,
-                ctx: RunContext) -> tuple[bytes, bytes | None]:
-        info = job.info
-        need_frames = request.apply_mask or request.boundingbox_zip
-        frames = iter_frames(job.data) if need_frames else ((i, None) for i in range(info.num_frames))
-        video_out, zip_out = io.BytesIO(), io.BytesIO() if request.boundingbox_zip else None
-        started = time.perf_counter()
-        zipper = BoxFramesZip(zip_out) if zip_out is not None else None
-        with Mp4Writer(video_out, info.fps, info.width, info.height) as writer:
-            for idx, frame in frames:
-                if idx % 32 == 0:
-                    ctx.cancel.check()
-                objects = masks.get(idx)
-                writer.write(render_frame(frame, objects, info.height, info.width, request.apply_mask))
-                if zipper is not None:
-                    zipper.add(idx, draw_boxes(frame, objects))
-        if zipper is not None:
-            zipper.close()
-        ctx.log(f"rendered {info.num_frames} frames in {time.perf_counter() - started:.2f} s")
-        return video_out.getvalue(), zip_out.getvalue() if zip_out is not None else None
+    async def _render(self, job: VideoJob, masks: FrameMasks, request: Sam2VideoInput,
+                      ctx: RunContext) -> tuple[list[RenderedRange], str]:
+        """The output by frame ranges, in parallel on the encoder workers (or in one piece here)."""
+        n, fps = job.info.num_frames, job.info.fps
+        ranges = [(start, min(start + self.chunk_size, n)) for start in range(0, n, self.chunk_size)]
+        if not self.encoder_name or len(ranges) == 1:
+            return [await asyncio.to_thread(self._render_here, job, masks, request, ctx)], "in one piece"
+        video = job.shared_video() if request.apply_mask or request.boundingbox_zip else [b""]
+        worker = self.workers[self.encoder_name].options(_by_reference=True)
+        calls = [worker.render_range.remote(video, start, stop, masks.to_json(range(start, stop)),
+                                            [fps.numerator, fps.denominator], request.apply_mask,
+                                            request.boundingbox_zip) for start, stop in ranges]
+        return list(await asyncio.gather(*calls)), f"{len(ranges)} ranges on the encoder workers"
+
+    def _render_here(self, job: VideoJob, masks: FrameMasks, request: Sam2VideoInput, ctx: RunContext) -> RenderedRange:
+        return render_range(job.data, 0, job.info.num_frames, masks, job.info.fps, request.apply_mask,
+                            request.boundingbox_zip, ctx.cancel.check)
+
+    def _join(self, job: VideoJob, masks: FrameMasks, request: Sam2VideoInput, rendered: list[RenderedRange],
+              ctx: RunContext) -> bytes:
+        try:
+            return join_segments([r.video for r in rendered])
+        except SegmentMismatch:
+            # Workers with another libx264 build encode differently; one piece here is always joinable.
+            logger.warning("video segments from the workers differ; rendering request %s here", ctx.job.request_id)
+            return self._render_here(job, masks, request, ctx).video
+
+    @staticmethod
+    def _box_zip(rendered: list[RenderedRange]) -> bytes:
+        out = io.BytesIO()
+        with BoxFramesZip(out) as archive:
+            for part in rendered:
+                for frame_idx, jpeg in part.box_frames:
+                    archive.add_jpeg(frame_idx, jpeg)
+        return out.getvalue()

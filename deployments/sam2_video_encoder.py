@@ -1,19 +1,23 @@
-"""`sam2_video_encoder`: the SAM 2 image encoder over frame ranges, a worker of `fal-ai/sam2/video`.
+"""`sam2_video_encoder`: the frame-range worker of `fal-ai/sam2/video`, with its own autoscaling.
 
-Each call decodes one frame range straight from the video (PyAV seek, no decode from frame 0) and
-returns the per-frame backbone features the propagator injects into its inference state. It has
-its own autoscaling, so ranges of one video are encoded on several replicas at once.
+`encode_range` decodes one frame range straight from the video (PyAV seek, no decode from frame
+0) and returns the per-frame backbone features the propagator injects into its inference state;
+`render_range` renders one range of the output (mask video or overlay segment, box JPEGs) from
+the finished masks. Ranges of one video are encoded, and rendered, on several replicas at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from fractions import Fraction
 from typing import Any
 
 from deployments.model_settings import apply_thread_limit, resolve_device, sam2_build_kwargs
 from models.sam2_video import FrameFeatures, encode_frames, load_sam2_video_predictor
 from models.video_io import read_frames
+from models.video_masks import FrameMasks
+from models.video_render import RenderedRange, render_range
 
 
 class Sam2VideoEncoder:
@@ -26,12 +30,24 @@ class Sam2VideoEncoder:
 
     async def encode_range(self, video: list[Any], start: int, stop: int) -> list[FrameFeatures]:
         """Features of frames [start, stop); `video` is `[ObjectRef of the video bytes]` or `[bytes]`."""
-        data = video[0]
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            data = await data
-        return await asyncio.to_thread(self._encode, bytes(data), start, stop)
+        return await asyncio.to_thread(self._encode, await _video_bytes(video), start, stop)
+
+    async def render_range(self, video: list[Any], start: int, stop: int, masks: dict, fps: list[int],
+                           apply_mask: bool, with_boxes: bool) -> RenderedRange:
+        """Output frames [start, stop) from their masks (`FrameMasks.to_json`); fps as [numerator, denominator]."""
+        data = await _video_bytes(video) if apply_mask or with_boxes else None
+        # No model lock: rendering does not touch the encoder, so it overlaps with encoding calls.
+        return await asyncio.to_thread(render_range, data, start, stop, FrameMasks.from_json(masks),
+                                       Fraction(*fps), apply_mask, with_boxes)
 
     def _encode(self, data: bytes, start: int, stop: int) -> list[FrameFeatures]:
         frames = read_frames(data, start, stop)
         with self._lock:
             return encode_frames(self.predictor, frames, batch_size=self.batch_size)
+
+
+async def _video_bytes(video: list[Any]) -> bytes:
+    data = video[0]
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        data = await data
+    return bytes(data)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import os
 import re
@@ -244,8 +243,9 @@ def run_chunked(predictor, data: bytes, prompts: list, chunk: int, prefetch: int
 def per_frame_breakdown(predictor, data: bytes, prompts: list, chunk: int) -> dict:
     """Seconds spent in each stage of the pipeline, run one after the other on one thread."""
     from models.sam2_video import Sam2VideoPropagator, encode_frames
-    from models.video_io import Mp4Writer, iter_frames, probe_video, read_frames
-    from models.video_masks import FrameMasks, render_frame
+    from models.video_io import probe_video, read_frames
+    from models.video_masks import FrameMasks
+    from models.video_render import render_range
 
     info = probe_video(data)
     seconds = {"prepare": 0.0, "decode": 0.0, "encode": 0.0, "propagate": 0.0, "render": 0.0}
@@ -267,11 +267,9 @@ def per_frame_breakdown(predictor, data: bytes, prompts: list, chunk: int) -> di
         seconds["decode"] += t1 - t0
         seconds["encode"] += t2 - t1
         seconds["propagate"] += t3 - t2
-    # The deployment's render: the video decoded again in order, each frame's masks overlaid, H.264 out.
+    # The deployment's render, in one piece: the video decoded again in order, masks overlaid, H.264 out.
     t = time.perf_counter()
-    with Mp4Writer(io.BytesIO(), info.fps, info.width, info.height) as writer:
-        for idx, frame in iter_frames(data):
-            writer.write(render_frame(frame, masks.get(idx), info.height, info.width, apply_mask=True))
+    render_range(data, 0, info.num_frames, masks, info.fps, apply_mask=True, with_boxes=False)
     seconds["render"] = time.perf_counter() - t
     return {"frames": info.num_frames, "seconds": seconds}
 
@@ -530,7 +528,7 @@ def markdown(results: list[dict], memory: list[dict], meta: dict) -> str:
         "**Where the time goes, per frame** (ms; one process, one torch thread, the stages run one after the "
         "other with the functions the pipeline uses: `read_frames` per range, `encode_frames`, "
         "`Sam2VideoPropagator.run_step` + RLE, and the overlay render: the video decoded again in order, "
-        "`render_frame`, `Mp4Writer`. Prompts: decoding, encoding and prompting frame 0 once, in seconds)",
+        "`models.video_render.render_range` over the whole video. Prompts: decoding, encoding and prompting frame 0 once, in seconds)",
         "",
         "| checkpoint | decode | encode | propagate | render | total | frames/s in series | "
         "frames/s if encoding were free | prompts s |",

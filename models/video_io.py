@@ -172,7 +172,8 @@ class Mp4Writer:
 
     yuv420p needs even sizes, so an odd width or height is padded by repeating the last column
     or row. ``gop_size`` defaults to about one second, which keeps range decoding of the output
-    cheap (models.md 6.3).
+    cheap (models.md 6.3). ``b_frames=False`` makes decode order equal display order, so files
+    written separately can be joined by copying packets (models.video_render).
     """
 
     def __init__(
@@ -184,6 +185,7 @@ class Mp4Writer:
         crf: int = 23,
         preset: str = "veryfast",
         gop_size: int | None = None,
+        b_frames: bool = True,
     ):
         if width <= 0 or height <= 0:
             raise ValueError(f"bad video size {width}x{height}")
@@ -199,6 +201,8 @@ class Mp4Writer:
         self._stream.pix_fmt = "yuv420p"
         self._stream.options = {"preset": preset, "crf": str(crf)}
         self._stream.codec_context.gop_size = gop_size or max(1, round(fps))
+        if not b_frames:
+            self._stream.codec_context.max_b_frames = 0
         self.frames_written = 0
 
     def write(self, frame: np.ndarray) -> None:

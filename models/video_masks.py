@@ -232,6 +232,16 @@ def draw_boxes(frame: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndarray:
     return np.asarray(image).copy()
 
 
+def encode_jpeg(image: np.ndarray) -> bytes:
+    """``(H, W, 3)`` uint8 RGB as a JPEG of the box zip's quality."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.dtype} {image.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
 class BoxFramesZip:
     """Write frames one at a time as ``frame_NNNNNN.jpg`` (JPEG, quality 90) into a zip archive.
 
@@ -252,22 +262,19 @@ class BoxFramesZip:
 
     def add(self, frame_idx: int, image: np.ndarray) -> None:
         """Append ``image`` (``(H, W, 3)`` uint8 RGB, usually from :func:`draw_boxes`)."""
+        self.add_jpeg(frame_idx, encode_jpeg(image))
+
+    def add_jpeg(self, frame_idx: int, data: bytes) -> None:
+        """Append an already encoded frame (rendered elsewhere, e.g. on another replica)."""
         if self._zip is None:
             raise ValueError("the zip is closed")
         if frame_idx < 0:
             raise ValueError(f"bad frame index {frame_idx}")
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be (H, W, 3) uint8, got {image.dtype} {image.shape}")
         name = self.name_for(frame_idx)
         # zipfile only warns about duplicate names, and readers would see just one of them.
         if name in self._names:
             raise ValueError(f"frame {frame_idx} was already added")
-        buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(image)).save(
-            buf, format="JPEG", quality=JPEG_QUALITY
-        )
-        self._zip.writestr(name, buf.getvalue())
+        self._zip.writestr(name, data)
         self._names.add(name)
         self.frames_written += 1
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from models.sam2_video import load_sam2_video_predictor
-from models.video_io import probe_video
+from models.video_io import probe_video, read_frames
 from models.video_masks import decode_rle
 from tests.conftest import VIDEO_CHUNK, VIDEO_ENCODERS
 from tests.helpers import data_uri, lossless_video, moving_squares, png_data_uri, queue_outcome
@@ -78,6 +78,8 @@ def test_chunked_over_encoder_replicas_equals_the_plain_predictor(visus, clip):
         ranges = [log["message"] for log in status["logs"] if log["message"].startswith("range ")]
         assert len(ranges) == len(range(0, N, VIDEO_CHUNK)) + 1  # 2 (prompt frame) is in two ranges: fwd, bwd
         assert any("backward" in line for line in ranges)
+        assert any(f"{len(range(0, N, VIDEO_CHUNK))} ranges on the encoder workers" in log["message"]
+                   for log in status["logs"])
 
         served = json.loads(http.get(out["masks_rle"]["url"]).content)
         video_file = http.get(out["video"]["url"])
@@ -96,6 +98,10 @@ def test_chunked_over_encoder_replicas_equals_the_plain_predictor(visus, clip):
     assert out["video"]["content_type"] == "video/mp4"
     info = probe_video(video_file.content)
     assert (info.num_frames, info.width, info.height, info.fps) == (N, W, H, 12)
+    # The mask video, rendered by ranges on the workers and joined: each frame shows that frame's masks.
+    for index, frame in enumerate(read_frames(video_file.content, 0, N)):
+        drawn, union = frame.max(axis=2) > 60, reference[index][1] | reference[index][2]
+        assert (drawn & union).sum() / (drawn | union).sum() > 0.9, f"frame {index}"
     with zipfile.ZipFile(io.BytesIO(boxes_zip.content)) as archive:
         names = archive.namelist()
         assert len(names) == N and names == sorted(names)
