@@ -78,6 +78,16 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
     return _to_rgb_array(img)
 
 
+def check_rgb_image(image: np.ndarray) -> np.ndarray:
+    """``image`` as an array, or ValueError unless it is a non-empty ``(H, W, 3)`` uint8 RGB array."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError("image has no pixels")
+    return image
+
+
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return _high_depth_grey_to_rgb(img)

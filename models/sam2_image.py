@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from models.image_io import check_rgb_image
 from models.sam2_build import load_sam2
 
 
@@ -63,7 +64,7 @@ class Sam2ImageSegmenter:
         describe one object together. With several boxes each box is its own object and the
         points, if any, another one. The result is the union of the objects' masks.
         """
-        image = _check_image(image)
+        image = check_rgb_image(image)
         pts, lbl, bxs = _check_prompts(points, labels, boxes)
 
         with torch.inference_mode():
@@ -98,17 +99,6 @@ class Sam2ImageSegmenter:
         masks, _, _ = self._predictor.predict(box=bxs, multimask_output=False)
         h, w = masks.shape[-2:]
         return masks.reshape(-1, h, w).max(axis=0) > 0.5
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(
-            f"image must be an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}"
-        )
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError("image has no pixels")
-    return image
 
 
 def _as_rows(values, width: int, what: str, dtype=np.float32) -> np.ndarray:
