@@ -6,9 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 VISUS_PORT ?= 8000
 RAY_PORT ?= 6389
-# Logical CPUs for replica placement: the default config reserves 3.5 (gateway, SAM 2 image, the video
-# propagator and one encoder), more than a 2-core laptop has; torch threads follow each reservation.
-RAY_NUM_CPUS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? 4 : n )))
+# Logical CPUs for replica placement: the default config reserves 5.5 (gateway, SAM 2 image, the video
+# propagator and one encoder, EVF-SAM2, Grounding DINO), more than a 2-core laptop has; torch threads
+# follow each reservation.
+RAY_NUM_CPUS ?= $(shell n=$$(nproc); echo $$(( n < 6 ? 6 : n )))
 export VISUS_PORT
 # The Ray settings Visus runs with (HAProxy + direct ingress, loopback-only auth, message sizes) live in
 # serve/ray_env.py; the local cluster must start with them.

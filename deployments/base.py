@@ -95,6 +95,16 @@ class ModelDeployment:
     async def read_input_file(self, field_name: str, url: str, ctx: RunContext) -> tuple[bytes, str | None]:
         return await self.platform.files.resolve(field_name, url, ctx.job.base_url)
 
+    def decode_image_field(self, field_name: str, data: bytes):
+        """(H, W, 3) uint8 RGB from an input file's bytes; a bad or oversized image is a 4xx naming the field."""
+        from models.image_io import ImageDecodeError, decode_image
+
+        max_pixels = int(self.platform.settings.get("limits", {}).get("max_image_pixels", 40_000_000))
+        try:
+            return decode_image(data, max_pixels=max_pixels)
+        except ImageDecodeError as exc:
+            raise RequestError([field_name], str(exc)) from None
+
     # ---- handle methods -------------------------------------------------------------------
     async def run_job(self, payload: dict, ctx: dict) -> AsyncIterator[dict]:
         loop = asyncio.get_running_loop()

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from deployments.base import ModelDeployment, RequestError, RunContext
 from deployments.model_settings import resolve_device, sam2_build_kwargs
-from models.image_io import ImageDecodeError, decode_image, encode_image
+from models.image_io import encode_image
 from models.mask_render import render_mask
 from models.sam2_image import Sam2ImageSegmenter
 from serve.fal_types import BoxPrompt, Image, PointPrompt
@@ -36,16 +36,12 @@ class Sam2Image(ModelDeployment):
     def setup(self, model: dict) -> None:
         self.segmenter = Sam2ImageSegmenter.from_checkpoint(model["checkpoint"], device=resolve_device(model.get("device")),
                                                             **sam2_build_kwargs(model))
-        self.max_pixels = int(self.platform.settings.get("limits", {}).get("max_image_pixels", 40_000_000))
 
     async def decode(self, request: Sam2ImageInput, ctx: RunContext) -> dict:
         if not request.prompts and not request.box_prompts:
             raise RequestError(["prompts"], "give at least one point prompt (prompts) or box prompt (box_prompts)")
         data, _ = await self.read_input_file("image_url", request.image_url, ctx)
-        try:
-            image = decode_image(data, max_pixels=self.max_pixels)
-        except ImageDecodeError as exc:
-            raise RequestError(["image_url"], str(exc)) from None
+        image = self.decode_image_field("image_url", data)
         ctx.scratch["image"] = image
         height, width = image.shape[:2]
         for i, p in enumerate(request.prompts):

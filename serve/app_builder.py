@@ -55,10 +55,26 @@ def build_app(config: VisusConfig, has_gpu: bool | None = None):
     config = config.with_secrets()
     has_gpu = detect_gpu() if has_gpu is None else has_gpu
     platform = platform_settings(config)
-    models = {}
-    for endpoint in config.enabled_endpoints():
-        workers = {w.name: _bind(config, w, w.name, platform, has_gpu) for w in endpoint.workers}
-        models[endpoint.deployment_name] = _bind(config, endpoint, endpoint.deployment_name, platform, has_gpu, workers)
+    endpoints = {e.deployment_name: e for e in config.enabled_endpoints()}
+    bound: dict[str, Any] = {}
+
+    def bind_endpoint(name: str, seen: tuple[str, ...] = ()):
+        # Memoised: a deployment other endpoints use as a worker is bound once and shared.
+        if name in bound:
+            return bound[name]
+        if name in seen:
+            raise ValueError(f"endpoints use each other as workers in a cycle: {' -> '.join((*seen, name))}")
+        endpoint = endpoints[name]
+        workers = {}
+        for worker in endpoint.workers:
+            if worker.deployment is None:
+                workers[worker.name] = bind_endpoint(worker.name, (*seen, name))
+            else:
+                workers[worker.name] = bound.setdefault(worker.name, _bind(config, worker, worker.name, platform, has_gpu))
+        bound[name] = _bind(config, endpoint, name, platform, has_gpu, workers)
+        return bound[name]
+
+    models = {name: bind_endpoint(name) for name in endpoints}
     return gateway_deployment(config, has_gpu).bind(config.model_dump(mode="json"), models)
 
 

@@ -19,9 +19,13 @@ def _config(args) -> VisusConfig:
 
 def write_tiny_models(model_dir: Path) -> list[Path]:
     """Tiny random checkpoints in the official layouts, for every model the default config serves."""
+    from models.evf_sam2_tiny import write_tiny_evf_sam2
+    from models.grounding_dino_tiny import write_tiny_grounding_dino
     from models.tiny import write_tiny_sam2
 
-    return [write_tiny_sam2(model_dir / "sam2")]
+    return [write_tiny_sam2(model_dir / "sam2"),
+            write_tiny_evf_sam2(model_dir / "evf_sam2", multitask=True, name="evf-sam2-multitask"),
+            write_tiny_grounding_dino(model_dir / "grounding_dino" / "grounding-dino-tiny")]
 
 
 def render_serve_config(config: VisusConfig, has_gpu: bool) -> dict:
@@ -88,12 +92,19 @@ def cmd_models_tiny(args) -> int:
 
 def cmd_models_download(args) -> int:
     from models.download import download
+    from models.hub_checkpoints import HUB_CHECKPOINTS, HUB_URL, download_checkpoint_dir
     from models.sam2_checkpoints import OFFICIAL_SAM2
 
     config = _config(args)
+    hub = HUB_CHECKPOINTS.get(args.name)
+    if hub is not None:  # a checkpoint folder (EVF-SAM2, Grounding DINO)
+        out = Path(args.output) if args.output else config.resolved_model_dir / hub.family / hub.name
+        print(download_checkpoint_dir(hub, out, base_url=args.url or HUB_URL))
+        return 0
     info = OFFICIAL_SAM2.get(args.name)
     if info is None:
-        print(f"unknown checkpoint {args.name!r}; choose from: {', '.join(OFFICIAL_SAM2)}", file=sys.stderr)
+        known = ", ".join([*OFFICIAL_SAM2, *HUB_CHECKPOINTS])
+        print(f"unknown checkpoint {args.name!r}; choose from: {known}", file=sys.stderr)
         return 2
     out = Path(args.output) if args.output else config.resolved_model_dir / "sam2"
     url = args.url or info.url
@@ -144,7 +155,8 @@ def cmd_up(args) -> int:
 
 
 def banner(url: str, key: str, config: VisusConfig) -> str:
-    endpoints = "\n".join(f"    {e.id}" for e in config.enabled_endpoints())
+    endpoints = "\n".join(f"    {e.id}" if e.protocol == "fal" else f"    POST /v1/{e.id} (Segmind, x-api-key)"
+                          for e in config.enabled_endpoints())
     host_port = url.split("://", 1)[1]
     return f"""
 Visus is up.
@@ -186,9 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--hiera-t-256", action="store_true", help="also a random sam2.1_hiera_t at image_size 256")
     tiny.set_defaults(func=cmd_models_tiny)
     dl = models.add_parser("download", help="download an official checkpoint (resumable, checksummed)")
-    dl.add_argument("name", help="sam2.1_hiera_tiny | sam2.1_hiera_small | sam2.1_hiera_base_plus | sam2.1_hiera_large")
-    dl.add_argument("--output", help="folder (default: <model dir>/sam2)")
-    dl.add_argument("--url", help="download from this URL instead (a mirror)")
+    dl.add_argument("name", help="sam2.1_hiera_tiny | sam2.1_hiera_small | sam2.1_hiera_base_plus | "
+                                 "sam2.1_hiera_large | evf-sam2 | evf-sam2-multitask | grounding-dino-tiny | "
+                                 "grounding-dino-base")
+    dl.add_argument("--output", help="folder (default: <model dir>/sam2, or <model dir>/<family>/<name> for "
+                                     "checkpoint folders)")
+    dl.add_argument("--url", help="download from this URL instead (a mirror; for folders: the Hub base URL)")
     dl.add_argument("--sha256", help="expected sha256 of the file")
     dl.set_defaults(func=cmd_models_download)
 

@@ -8,12 +8,13 @@ config file and the KubeRay manifest are built, so the three never drift apart.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from serve.fetch_guard import FetchPolicy
@@ -80,11 +81,13 @@ class DeploymentOptions(StrictModel):
 class WorkerConfig(StrictModel):
     """A helper deployment an endpoint's deployment calls (e.g. SAM 2 video's frame encoder).
 
-    It scales on its own; the endpoint's deployment receives its handle under `name`.
+    It scales on its own; the endpoint's deployment receives its handle under `name`. A worker with
+    no `deployment` is a reference to another endpoint's deployment of that name (shared, not copied).
     """
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$", description="Ray Serve deployment name.")
-    deployment: str = Field(..., description="Import path of the deployment class, module:Class.")
+    deployment: str | None = Field(None, description=(
+        "Import path of the deployment class, module:Class; unset: the deployment of the endpoint named `name`."))
     model: dict[str, Any] = Field(default_factory=dict, description="Passed to the deployment's setup().")
     options: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
@@ -92,7 +95,11 @@ class WorkerConfig(StrictModel):
 class EndpointConfig(StrictModel):
     """One served endpoint: its id, schemas and deployment by import path, and model settings."""
 
-    id: str = Field(..., description="Endpoint id, e.g. fal-ai/sam2/image.")
+    id: str = Field(..., description="Endpoint id, e.g. fal-ai/sam2/image; a Segmind model slug, e.g. sam-v2-image.")
+    protocol: Literal["fal", "segmind"] = Field("fal", description=(
+        "fal: served under /{id} and /queue/{id}; segmind: under POST /v1/{id}, with x-api-key and credits."))
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]+$", description=(
+        "Ray Serve deployment name; default: made from the id. Other endpoints' workers refer to it."))
     deployment: str = Field(..., description="Import path of the deployment class, module:Class.")
     input_schema: str = Field(..., description="Import path of the pydantic input model.")
     output_schema: str = Field(..., description="Import path of the pydantic output model.")
@@ -102,22 +109,28 @@ class EndpointConfig(StrictModel):
     options: DeploymentOptions = Field(default_factory=DeploymentOptions)
     workers: list[WorkerConfig] = Field(default_factory=list, description="Helper deployments it calls.")
 
-    @field_validator("id")
-    @classmethod
-    def _check_id(cls, value: str) -> str:
-        parts = value.split("/")
+    @model_validator(mode="after")
+    def _check_id(self) -> "EndpointConfig":
+        if self.protocol == "segmind":
+            if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]*", self.id):
+                raise ValueError(f"Segmind model slug {self.id!r}: lower-case letters, digits, '.' and '-' only")
+            return self
+        parts = self.id.split("/")
         if len(parts) < 2 or any(not p for p in parts):
             raise ValueError("endpoint id needs at least owner/alias")
         if parts[0] in RESERVED_FIRST_SEGMENTS:
             raise ValueError(f"endpoint owner {parts[0]!r} is reserved")
         if parts[-1] in ("stream", "realtime"):
             raise ValueError("endpoint id may not end with a reserved suffix")
-        return value
+        return self
 
     @property
     def deployment_name(self) -> str:
-        """The Ray Serve deployment name: the endpoint id with separators made safe."""
-        return self.id.replace("/", "__").replace("-", "_").replace(".", "_")
+        """The Ray Serve deployment name: `name`, else the id with separators made safe."""
+        if self.name:
+            return self.name
+        prefix = "segmind__" if self.protocol == "segmind" else ""
+        return prefix + self.id.replace("/", "__").replace("-", "_").replace(".", "_")
 
 
 RESERVED_FIRST_SEGMENTS = frozenset({"queue", "rest", "cdn", "files", "v1", "docs", "openapi.json",
@@ -149,6 +162,15 @@ class RealtimeConfig(StrictModel):
     max_message_bytes: int = Field(32 * 2**20, ge=1024, description="Largest input message accepted.")
 
 
+class SegmindConfig(StrictModel):
+    """Segmind's v1 API (`POST /v1/{slug}`): keys and their credits (`x-remaining-credits`, 406 when spent)."""
+
+    credits: dict[str, float] = Field(default_factory=dict, description=(
+        "x-api-key -> credits it starts with; keys on top of the Visus API keys."))
+    default_credits: float = Field(1000.0, ge=0, description="Credits each Visus API key starts with.")
+    cost_per_call: float = Field(1.0, ge=0, description="Credits a successful (200) call consumes.")
+
+
 def _split_keys(value: Any) -> Any:
     if isinstance(value, str):
         return [k.strip() for k in value.split(",") if k.strip()]
@@ -175,10 +197,23 @@ class VisusConfig(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
+    segmind: SegmindConfig = Field(default_factory=SegmindConfig)
     gateway: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.5, max_ongoing_requests=1000))
     endpoints: list[EndpointConfig] = Field(default_factory=list)
 
     _split_api_keys = field_validator("api_keys", mode="before")(_split_keys)
+
+    @model_validator(mode="after")
+    def _check_deployments(self) -> "VisusConfig":
+        names = [name for name, _ in self.model_deployments()]
+        if len(names) != len(set(names)):
+            raise ValueError(f"deployment names must be unique, got {sorted(names)}")
+        for endpoint in self.enabled_endpoints():
+            for worker in endpoint.workers:
+                if worker.deployment is None and worker.name not in names:
+                    raise ValueError(f"endpoint {endpoint.id!r}: worker {worker.name!r} has no deployment and "
+                                     "names no enabled endpoint's deployment")
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,
@@ -208,12 +243,18 @@ class VisusConfig(BaseSettings):
         return [e for e in self.endpoints if e.enabled]
 
     def model_deployments(self) -> list[tuple[str, DeploymentOptions]]:
-        """(Ray Serve deployment name, options) of every enabled endpoint and of its workers."""
+        """(Ray Serve deployment name, options) of every enabled endpoint and of its own workers."""
         out = []
         for endpoint in self.enabled_endpoints():
             out.append((endpoint.deployment_name, endpoint.options))
-            out += [(worker.name, worker.options) for worker in endpoint.workers]
+            out += [(worker.name, worker.options) for worker in endpoint.workers if worker.deployment]
         return out
+
+    def fal_endpoints(self) -> list[EndpointConfig]:
+        return [e for e in self.enabled_endpoints() if e.protocol == "fal"]
+
+    def segmind_endpoints(self) -> list[EndpointConfig]:
+        return [e for e in self.enabled_endpoints() if e.protocol == "segmind"]
 
     def with_secrets(self) -> "VisusConfig":
         """Fill in a secret key and an API key when none are configured, persisted under home."""

@@ -24,11 +24,12 @@ def import_object(path: str) -> Any:
 @dataclass(frozen=True)
 class Endpoint:
     id: str
-    parsed: EndpointId
+    parsed: EndpointId | None  # None for Segmind slugs
     deployment_name: str
     input_model: type[BaseModel]
     output_model: type[BaseModel]
     title: str
+    protocol: str = "fal"
 
     @property
     def queue_base(self) -> str:
@@ -38,18 +39,25 @@ class Endpoint:
 class EndpointRegistry:
     def __init__(self, endpoints: list[EndpointConfig]):
         self._by_id: dict[str, Endpoint] = {}
+        self._segmind: dict[str, Endpoint] = {}
         for cfg in endpoints:
-            self._by_id[cfg.id] = Endpoint(
+            fal = cfg.protocol == "fal"
+            (self._by_id if fal else self._segmind)[cfg.id] = Endpoint(
                 id=cfg.id,
-                parsed=parse_endpoint_id(cfg.id),
+                parsed=parse_endpoint_id(cfg.id) if fal else None,
                 deployment_name=cfg.deployment_name,
                 input_model=import_object(cfg.input_schema),
                 output_model=import_object(cfg.output_schema),
                 title=cfg.title or cfg.id,
+                protocol=cfg.protocol,
             )
 
     def __iter__(self):
+        """The fal endpoints (the Segmind ones are in `segmind()`)."""
         return iter(self._by_id.values())
+
+    def segmind(self) -> list[Endpoint]:
+        return list(self._segmind.values())
 
     def get(self, endpoint_id: str) -> Endpoint | None:
         return self._by_id.get(endpoint_id)

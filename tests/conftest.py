@@ -57,17 +57,22 @@ VIDEO_CHUNK = 4  # frames per range: smaller than the test videos, so every vide
 VIDEO_ENCODERS = 2
 
 
-def _small_video_pipeline(endpoint):
-    """The video endpoint with short ranges and two encoder replicas, fitting the test cluster's CPUs."""
+SMALL = {"num_cpus": 0.5, "max_ongoing_requests": 2}
+# Segmind keys with few credits, for the credit tests (each test uses its own key).
+SEGMIND_KEYS = {"sg-two-credits": 2, "sg-no-credits": 0, "sg-one-credit": 1}
+
+
+def _small_deployments(endpoint):
+    """Every endpoint on one replica of half a CPU, so all fit the test cluster; the video endpoint
+    with short ranges and two encoder replicas."""
+    options = endpoint.options.model_copy(update={**SMALL, "num_replicas": 1, "autoscaling_config": None})
     if endpoint.id != "fal-ai/sam2/video":
-        return endpoint
-    small = {"num_cpus": 0.5, "max_ongoing_requests": 2}
+        return endpoint.model_copy(update={"options": options})
     workers = [w.model_copy(update={"options": w.options.model_copy(
-        update={**small, "num_replicas": VIDEO_ENCODERS, "autoscaling_config": None})}) for w in endpoint.workers]
+        update={**SMALL, "num_replicas": VIDEO_ENCODERS, "autoscaling_config": None})}) for w in endpoint.workers]
     return endpoint.model_copy(update={
         "model": {**endpoint.model, "chunk_size": VIDEO_CHUNK, "prefetch": 2},
-        "options": endpoint.options.model_copy(update={**small, "num_replicas": 1, "autoscaling_config": None}),
-        "workers": workers})
+        "options": options, "workers": workers})
 
 
 @pytest.fixture(scope="session")
@@ -91,8 +96,9 @@ def visus(tmp_path_factory) -> Stack:
         webhooks={"attempts": 4, "first_backoff_s": 0.2, "max_backoff_s": 1.0, "timeout_s": 5},
         limits={"max_body_bytes": 16 * 2**20, "max_image_pixels": 20_000_000, "sync_timeout_s": 120},
         realtime={"idle_timeout_s": 4},
+        segmind={"credits": SEGMIND_KEYS},
     )
-    config = config.model_copy(update={"endpoints": [_small_video_pipeline(e) for e in config.endpoints]})
+    config = config.model_copy(update={"endpoints": [_small_deployments(e) for e in config.endpoints]})
     write_tiny_models(config.resolved_model_dir)
     config = config.with_secrets()
     # A cluster of our own ("local"), never one a developer left running with `make serve`.

@@ -10,6 +10,7 @@ from serve.config import VisusConfig, config_from_dict
 from serve.gateway.app import create_app
 from serve.gateway.services import GatewayServices, install
 from serve.jobs.client import get_queue_actor
+from serve.segmind_credits import get_credit_ledger
 from serve.registry import EndpointRegistry
 
 GATEWAY_NAME = "gateway"
@@ -26,6 +27,8 @@ def gateway_deployment(config: VisusConfig, has_gpu: bool):
             svc = GatewayServices.from_config(cfg, EndpointRegistry(cfg.enabled_endpoints()))
             svc.handles.update(model_handles)
             svc.queue = get_queue_actor(cfg)
+            if cfg.segmind_endpoints():
+                svc.credits = get_credit_ledger(cfg)
             install(svc)
 
     return serve.deployment(Gateway, name=GATEWAY_NAME, **config.gateway.ray_options(has_gpu=False))

@@ -21,6 +21,7 @@ class GatewayServices:
     tokens: TokenSigner
     storage: Storage
     queue: Any = None  # the queue actor handle (set inside the Ray replica)
+    credits: Any = None  # the Segmind credit ledger actor handle (set inside the Ray replica)
     handles: dict[str, Any] = field(default_factory=dict)
     finished: FinishedJobs = field(default_factory=FinishedJobs)
 

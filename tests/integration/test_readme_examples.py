@@ -23,7 +23,7 @@ def endpoint_blocks(language: str) -> list[str]:
 
 def test_readme_has_curl_and_python_examples():
     assert any("curl" in block for block in endpoint_blocks("bash"))
-    assert len(endpoint_blocks("python")) == 3, "a new Python example needs a case in the test below"
+    assert len(endpoint_blocks("python")) == len(PYTHON_EXPECTED), "a new Python example needs a case below"
 
 
 def test_curl_examples_run(visus):
@@ -34,9 +34,15 @@ def test_curl_examples_run(visus):
     assert out.stdout.count('"image"') >= 2 and '"status":"' in out.stdout
     assert "data: " in out.stdout and '"detail"' not in out.stdout
     assert out.stdout.count('"video"') >= 2 and "video/mp4" in out.stdout
+    assert "image/jpeg" in out.stdout and "x-remaining-credits" in out.stdout.lower()  # Segmind
 
 
-@pytest.mark.parametrize("index, expected", [(0, "'image'"), (1, "masks_rle"), (2, "data:image/png;base64")])
+# What each Python block (in README order) must print.
+PYTHON_EXPECTED = [["/files/", "'image'"], ["/files/", "masks_rle"], ["/files/", "mask.png"], ["image/jpeg"],
+                   ["data:image/png;base64", "/files/"]]
+
+
+@pytest.mark.parametrize("index, expected", list(enumerate(PYTHON_EXPECTED)))
 def test_python_client_examples_run(visus, index, expected):
     setup = endpoint_blocks("bash")[0]
     env = {**os.environ, "VISUS_PORT": visus.url.rsplit(":", 1)[1], "VISUS_API_KEYS": visus.key,
@@ -44,4 +50,4 @@ def test_python_client_examples_run(visus, index, expected):
     script = "\n".join(["set -euo pipefail", setup, f"{sys.executable} - <<'PY'", endpoint_blocks("python")[index], "PY"])
     out = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
-    assert "/files/" in out.stdout and expected in out.stdout
+    assert all(text in out.stdout for text in expected), out.stdout
