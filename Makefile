@@ -6,16 +6,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 VISUS_PORT ?= 8000
 RAY_PORT ?= 6389
-# Logical CPUs for replica placement: the default config reserves 5.5 (gateway, SAM 2 image, the video
-# propagator and one encoder, EVF-SAM2, Grounding DINO), more than a 2-core laptop has; torch threads
-# follow each reservation.
-RAY_NUM_CPUS ?= $(shell n=$$(nproc); echo $$(( n < 6 ? 6 : n )))
+# Logical CPUs for replica placement: the default config reserves 6.5 (gateway, SAM 2 image, the video
+# propagator and one encoder, EVF-SAM2, Grounding DINO, SVD), more than a 2-core laptop has; torch
+# threads follow each reservation.
+RAY_NUM_CPUS ?= $(shell n=$$(nproc); echo $$(( n < 7 ? 7 : n )))
 export VISUS_PORT
 # The Ray settings Visus runs with (HAProxy + direct ingress, loopback-only auth, message sizes) live in
 # serve/ray_env.py; the local cluster must start with them.
 RAY_ENV = env $$($(PY) -m serve.ray_env)
 
-.PHONY: install serve stop test bench bench-video render
+.PHONY: install serve stop test bench bench-video bench-text render
 
 # Some machines cap torch/torchvision through a global pip constraints file at releases below the
 # pins in pyproject.toml; the pins are what Visus is tested with, so the venv ignores that cap.
@@ -55,3 +55,7 @@ bench: install
 # QUICK=1: a smoke run (short video, small frame counts) that only prints.
 bench-video: install
 	$(PY) loadtests/video_benchmark.py $(if $(QUICK),--quick)
+
+# QUICK=1: a smoke run (every phase shortened) that only prints.
+bench-text: install
+	$(PY) loadtests/text_seg_benchmark.py $(if $(QUICK),--quick)

@@ -30,7 +30,9 @@ OFFICIAL_FILES = (
 
 # Small enough for a fast test (about 0.23M parameters), large enough that the image processor's
 # aspect-preserving resize still gives the Swin stages a few cells.
-IMAGE_SIZE = {"shortest_edge": 64, "longest_edge": 96}
+# Square inputs at 64 px left the last feature level 1x1, where the extra level's GroupNorm fails; at
+# 128 px every level keeps at least 2x2 cells for any aspect ratio the processor produces.
+IMAGE_SIZE = {"shortest_edge": 128, "longest_edge": 192}
 
 # The class head has no bias: a box's logits are dot products of its decoder state with the
 # prompt's token states. With random weights they are about +-10, so every box scores 0.95 to 1.0
@@ -43,7 +45,7 @@ CLASS_LOGIT_SCALE = 0.2
 # random weights and a size bias move and grow the boxes so that some cross the image border,
 # which exercises the clipping in GroundingDino.detect.
 BOX_HEAD_STD = 0.2
-BOX_SIZE_BIAS = 1.0
+BOX_SIZE_BIAS = 2.5
 
 _SPECIAL_TOKENS = {
     "pad_token": "[PAD]",
