@@ -9,13 +9,11 @@ sizes, which are those of the parity pack (``tests/parity/evf_sam2``). The token
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from models.atomic_folder import write_folder_atomically
 from models.evf_sam2_config import (
     SAFETENSORS_FILE,
     TINY_HPARAMS_FILE,
@@ -112,31 +110,14 @@ def write_tiny_evf_sam2(out_dir: Path, multitask: bool = True, name: str | None 
     """
     out_dir = Path(out_dir)
     name = name or ("evf_sam2_tiny_multitask" if multitask else "evf_sam2_tiny")
-    target = out_dir / name
     files = _small_files(multitask)
-    if _is_current(target, files):
-        return target
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
-    try:
+    def write(folder: Path) -> None:
         for fname, data in files.items():
-            (tmp / fname).write_bytes(data)
-        _write_weights(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        # The directory appears complete or not at all.
-        if target.exists():
-            shutil.rmtree(target)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process wrote it meanwhile; fine if it holds the same thing.
-            if not _is_current(target, files):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+            (folder / fname).write_bytes(data)
+        _write_weights(folder)
+
+    return write_folder_atomically(out_dir / name, write, lambda target: _is_current(target, files))
 
 
 def _small_files(multitask: bool) -> dict[str, bytes]:
