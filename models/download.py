@@ -55,6 +55,7 @@ def download(
     progress: bool = True,
     timeout: float = 60.0,
     chunk_size: int = 1 << 20,
+    headers: dict[str, str] | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``.
 
@@ -75,7 +76,7 @@ def download(
             return dest
 
         try:
-            with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+            with httpx.Client(timeout=timeout, follow_redirects=True, headers=headers) as client:
                 hasher = _fetch(client, url, part, progress, chunk_size)
         except httpx.HTTPError as exc:
             raise DownloadError(f"GET {url} failed: {exc!r}; run again to resume") from exc

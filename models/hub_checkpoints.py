@@ -1,12 +1,14 @@
 """Catalogue of the official checkpoint *directories* on the Hugging Face Hub, and their download.
 
-EVF-SAM2 and Grounding DINO ship as folders (config, safetensors, tokenizer files), not one file.
-Each file is fetched with `models.download.download` (resumable, atomic), straight from the
-Hub's `resolve/main` URLs or from a mirror with the same layout.
+EVF-SAM2, Grounding DINO, SVD and the depth ControlNet ship as folders (config, safetensors,
+tokenizer files), not one file. Each file is fetched with `models.download.download` (resumable,
+atomic), straight from the Hub's `resolve/main` URLs or from a mirror with the same layout. Gated
+repositories (Stability's SVD) need `HF_TOKEN` in the environment, sent as a bearer token.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,15 +24,22 @@ class HubCheckpoint:
     repo: str
     files: tuple[str, ...]
     optional: tuple[str, ...] = ()  # fetched when the repository has them
+    subfolder: str = ""  # where the files sit in the repository; they land directly in the folder
 
     def url(self, filename: str, base_url: str = HUB_URL) -> str:
-        return f"{base_url.rstrip('/')}/{self.repo}/resolve/main/{filename}"
+        path = f"{self.subfolder}/{filename}" if self.subfolder else filename
+        return f"{base_url.rstrip('/')}/{self.repo}/resolve/main/{path}"
 
 
 _EVF_FILES = ("config.json", "model.safetensors", "sentencepiece.bpe.model", "special_tokens_map.json",
               "tokenizer_config.json")
 _GDINO_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "special_tokens_map.json",
                 "tokenizer_config.json", "vocab.txt")
+
+# diffusers' save_pretrained layout of StableVideoDiffusionPipeline.
+_SVD_FILES = ("model_index.json", "feature_extractor/preprocessor_config.json", "image_encoder/config.json",
+              "image_encoder/model.safetensors", "scheduler/scheduler_config.json", "unet/config.json",
+              "unet/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors")
 
 HUB_CHECKPOINTS: dict[str, HubCheckpoint] = {c.name: c for c in (
     HubCheckpoint("evf-sam2", "evf_sam2", "YxZhang/evf-sam2", _EVF_FILES),
@@ -41,6 +50,11 @@ HUB_CHECKPOINTS: dict[str, HubCheckpoint] = {c.name: c for c in (
                   optional=("tokenizer.json",)),
     HubCheckpoint("grounding-dino-base", "grounding_dino", "IDEA-Research/grounding-dino-base", _GDINO_FILES,
                   optional=("tokenizer.json",)),
+    HubCheckpoint("stable-video-diffusion-img2vid", "svd", "stabilityai/stable-video-diffusion-img2vid", _SVD_FILES),
+    HubCheckpoint("stable-video-diffusion-img2vid-xt", "svd", "stabilityai/stable-video-diffusion-img2vid-xt",
+                  _SVD_FILES),
+    HubCheckpoint("temporal-controlnet-depth-svd-v1", "svd", "CiaraRowles/temporal-controlnet-depth-svd-v1",
+                  ("config.json", "diffusion_pytorch_model.safetensors"), subfolder="controlnet"),
 )}
 
 
@@ -48,11 +62,13 @@ def download_checkpoint_dir(checkpoint: HubCheckpoint, dest: Path, base_url: str
                             progress: bool = True) -> Path:
     """Every file of `checkpoint` into `dest` (a folder); returns `dest`. Files already there are kept."""
     dest = Path(dest)
+    token = os.environ.get("HF_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     for filename in checkpoint.files:
-        download(checkpoint.url(filename, base_url), dest / filename, progress=progress)
+        download(checkpoint.url(filename, base_url), dest / filename, progress=progress, headers=headers)
     for filename in checkpoint.optional:
         try:
-            download(checkpoint.url(filename, base_url), dest / filename, progress=progress)
+            download(checkpoint.url(filename, base_url), dest / filename, progress=progress, headers=headers)
         except DownloadError:
             (dest / f"{filename}.part").unlink(missing_ok=True)  # the repository does not have it
     return dest

@@ -21,11 +21,14 @@ def write_tiny_models(model_dir: Path) -> list[Path]:
     """Tiny random checkpoints in the official layouts, for every model the default config serves."""
     from models.evf_sam2_tiny import write_tiny_evf_sam2
     from models.grounding_dino_tiny import write_tiny_grounding_dino
+    from models.svd_tiny import write_tiny_svd, write_tiny_svd_controlnet
     from models.tiny import write_tiny_sam2
 
     return [write_tiny_sam2(model_dir / "sam2"),
             write_tiny_evf_sam2(model_dir / "evf_sam2", multitask=True, name="evf-sam2-multitask"),
-            write_tiny_grounding_dino(model_dir / "grounding_dino" / "grounding-dino-tiny")]
+            write_tiny_grounding_dino(model_dir / "grounding_dino" / "grounding-dino-tiny"),
+            write_tiny_svd(model_dir / "svd", name="svd-tiny"),
+            write_tiny_svd_controlnet(model_dir / "svd", name="svd-controlnet-tiny")]
 
 
 def render_serve_config(config: VisusConfig, has_gpu: bool) -> dict:
@@ -200,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     dl = models.add_parser("download", help="download an official checkpoint (resumable, checksummed)")
     dl.add_argument("name", help="sam2.1_hiera_tiny | sam2.1_hiera_small | sam2.1_hiera_base_plus | "
                                  "sam2.1_hiera_large | evf-sam2 | evf-sam2-multitask | grounding-dino-tiny | "
-                                 "grounding-dino-base")
+                                 "grounding-dino-base | stable-video-diffusion-img2vid(-xt) | "
+                                 "temporal-controlnet-depth-svd-v1 (gated Hub repositories: set HF_TOKEN)")
     dl.add_argument("--output", help="folder (default: <model dir>/sam2, or <model dir>/<family>/<name> for "
                                      "checkpoint folders)")
     dl.add_argument("--url", help="download from this URL instead (a mirror; for folders: the Hub base URL)")

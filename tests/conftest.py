@@ -102,7 +102,7 @@ def visus(tmp_path_factory) -> Stack:
     write_tiny_models(config.resolved_model_dir)
     config = config.with_secrets()
     # A cluster of our own ("local"), never one a developer left running with `make serve`.
-    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace=config.queue.namespace,
+    ray.init(address="local", num_cpus=5, include_dashboard=False, namespace=config.queue.namespace,
              _node_ip_address="127.0.0.1", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config, has_gpu=False), name=config.app_name, route_prefix="/", blocking=False)

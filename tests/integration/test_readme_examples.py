@@ -35,11 +35,12 @@ def test_curl_examples_run(visus):
     assert "data: " in out.stdout and '"detail"' not in out.stdout
     assert out.stdout.count('"video"') >= 2 and "video/mp4" in out.stdout
     assert "image/jpeg" in out.stdout and "x-remaining-credits" in out.stdout.lower()  # Segmind
+    assert '"seed":42' in out.stdout.replace(" ", "")  # SVD
 
 
 # What each Python block (in README order) must print.
 PYTHON_EXPECTED = [["/files/", "'image'"], ["/files/", "masks_rle"], ["/files/", "mask.png"], ["image/jpeg"],
-                   ["data:image/png;base64", "/files/"]]
+                   ["/files/", "video.mp4", "step 4/4"], ["data:image/png;base64", "/files/"]]
 
 
 @pytest.mark.parametrize("index, expected", list(enumerate(PYTHON_EXPECTED)))

@@ -35,7 +35,7 @@ def test_rendered_config_runs_with_serve_run(tmp_path, visus):
     # grounding_dino once, though two endpoints use it (sam-v2-image's own, evf-sam's worker).
     assert sorted(d["name"] for d in app["deployments"]) == sorted([
         "gateway", "fal_ai__sam2__image", "fal_ai__sam2__video", "sam2_video_encoder", "fal_ai__evf_sam",
-        "grounding_dino"])
+        "grounding_dino", "fal_ai__svd"])
     assert "rendered-key" not in out.read_text()  # secrets stay out of rendered files
     # A CPU cluster could never place a replica asking for a GPU share.
     assert all("num_gpus" not in d["ray_actor_options"] for d in app["deployments"])

@@ -16,23 +16,37 @@ from serve.cli import main
 def mirror(tmp_path):
     """A static server laid out like the Hub: /<repo>/resolve/main/<file>."""
     root = tmp_path / "mirror"
-    for name in ("evf-sam2-multitask", "grounding-dino-tiny"):
+    for name in ("evf-sam2-multitask", "grounding-dino-tiny", "temporal-controlnet-depth-svd-v1",
+                 "stable-video-diffusion-img2vid-xt"):
         checkpoint = HUB_CHECKPOINTS[name]
-        folder = root / checkpoint.repo / "resolve" / "main"
-        folder.mkdir(parents=True)
+        folder = root / checkpoint.repo / "resolve" / "main" / checkpoint.subfolder
         for filename in checkpoint.files:
+            (folder / filename).parent.mkdir(parents=True, exist_ok=True)
             (folder / filename).write_bytes(f"{name}/{filename}".encode())
     # evf-sam2-multitask has its optional added_tokens.json; grounding-dino-tiny lacks tokenizer.json.
     (root / "YxZhang/evf-sam2-multitask/resolve/main/added_tokens.json").write_text('{"[semantic]": 64002}')
-    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    class Recording(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            seen_auth.append(self.headers.get("Authorization"))
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Recording, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
 
-@pytest.mark.parametrize("name, optional_present", [("evf-sam2-multitask", True), ("grounding-dino-tiny", False)])
+seen_auth: list = []
+
+
+@pytest.mark.parametrize("name, optional_present", [
+    ("evf-sam2-multitask", True), ("grounding-dino-tiny", False),
+    ("temporal-controlnet-depth-svd-v1", False),  # files from the repo's controlnet/ land in the folder itself
+    ("stable-video-diffusion-img2vid-xt", False),  # diffusers' sub-folders are kept
+])
 def test_folder_download_into_the_model_dir(mirror, tmp_path, name, optional_present, capsys):
     checkpoint = HUB_CHECKPOINTS[name]
     models = tmp_path / "models"
@@ -49,3 +63,12 @@ def test_folder_download_into_the_model_dir(mirror, tmp_path, name, optional_pre
 def test_unknown_name_lists_the_folders_too(capsys):
     assert main(["models", "download", "nope"]) == 2
     assert "evf-sam2-multitask" in capsys.readouterr().err
+
+
+def test_gated_repositories_get_the_hf_token(mirror, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    seen_auth.clear()
+    out = tmp_path / "cn"
+    assert main(["models", "download", "temporal-controlnet-depth-svd-v1", "--url", mirror, "--output", str(out)]) == 0
+    assert seen_auth and set(seen_auth) == {"Bearer hf_secret"}
+    assert (out / "config.json").exists() and (out / "diffusion_pytorch_model.safetensors").exists()
