@@ -15,7 +15,7 @@ export VISUS_PORT
 # serve/ray_env.py; the local cluster must start with them.
 RAY_ENV = env $$($(PY) -m serve.ray_env)
 
-.PHONY: install serve stop test bench bench-video bench-text render
+.PHONY: install serve stop test bench bench-video bench-text bench-svd render
 
 # Some machines cap torch/torchvision through a global pip constraints file at releases below the
 # pins in pyproject.toml; the pins are what Visus is tested with, so the venv ignores that cap.
@@ -59,3 +59,7 @@ bench-video: install
 # QUICK=1: a smoke run (every phase shortened) that only prints.
 bench-text: install
 	$(PY) loadtests/text_seg_benchmark.py $(if $(QUICK),--quick)
+
+# QUICK=1: a smoke run (few videos per setting) that only prints.
+bench-svd: install
+	$(PY) loadtests/svd_benchmark.py $(if $(QUICK),--quick)
