@@ -94,6 +94,27 @@ class GroundingDino:
         processor = GroundingDinoProcessor.from_pretrained(directory, local_files_only=True)
         return cls(model.to(device), processor, loading_info=info)
 
+    def _pad_to_processable(self, image: np.ndarray) -> np.ndarray:
+        """Pad very elongated images (bottom or right, black) to the processor's widest aspect ratio.
+
+        The processor scales the short side to `shortest_edge` unless the long side would pass
+        `longest_edge`; a 1x500 image would then get a short side of 0 pixels and fail. Padding on
+        the bottom/right leaves pixel coordinates unchanged.
+        """
+        size = getattr(self.processor.image_processor, "size", None) or {}
+        shortest, longest = size.get("shortest_edge"), size.get("longest_edge")
+        if not shortest or not longest:
+            return image
+        height, width = image.shape[:2]
+        limit = longest / shortest
+        if max(height, width) / min(height, width) <= limit:
+            return image
+        target_h = max(height, int(np.ceil(width / limit)))
+        target_w = max(width, int(np.ceil(height / limit)))
+        out = np.zeros((target_h, target_w, 3), dtype=np.uint8)
+        out[:height, :width] = image
+        return out
+
     def detect(
         self,
         image_rgb_uint8: np.ndarray,
@@ -119,9 +140,10 @@ class GroundingDino:
             raise ValueError(f"max_boxes must be a positive integer or None, got {max_boxes!r}")
 
         height, width = image.shape[:2]
+        padded = self._pad_to_processable(image)
         # A PIL image, not the array: the processor guesses the channel axis of arrays and can
         # guess wrong for images only a few pixels wide.
-        inputs = self.processor(images=Image.fromarray(image), text=text, return_tensors="pt")
+        inputs = self.processor(images=Image.fromarray(padded), text=text, return_tensors="pt")
         n_tokens = int(inputs["input_ids"].shape[1])
         if n_tokens > self.max_text_len:
             # The model would silently drop every phrase past this point.
@@ -142,11 +164,12 @@ class GroundingDino:
                 input_ids=inputs["input_ids"],
                 threshold=box_threshold,
                 text_threshold=text_threshold,
-                target_sizes=[(height, width)],
+                target_sizes=[padded.shape[:2]],
             )[0]
 
         scores = result["scores"].cpu()
-        # Boxes are centre +- half size, so a box near the border reaches past it; clip to pixels.
+        # Boxes are centre +- half size, so a box near the border (or in the padding) reaches past
+        # the image; clip to its pixels.
         boxes = result["boxes"].cpu().clone()
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)

@@ -40,9 +40,9 @@ def detector(tiny_dir) -> GroundingDino:
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    # Non-square on purpose: 50 rows x 80 columns (the processor resizes it to 120 x 192).
+    # Non-square on purpose: 56 rows x 80 columns (within the processor's aspect limit, so not padded).
     rng = np.random.default_rng(0)
-    img = rng.integers(0, 60, size=(50, 80, 3), dtype=np.uint8)
+    img = rng.integers(0, 60, size=(56, 80, 3), dtype=np.uint8)
     img[10:35, 20:60] = (220, 40, 40)
     return img
 
@@ -209,3 +209,14 @@ def test_other_tokenizer_and_processor_layouts_load_the_same(detector, tiny_dir,
     detector.processor.save_pretrained(native)
     assert (native / "processor_config.json").is_file()
     assert GroundingDino.from_pretrained(native).detect(image, PHRASE, **ALL) == expected
+
+
+@pytest.mark.parametrize("shape", [(1, 500), (500, 1), (3000, 2), (1, 1)])
+def test_very_elongated_images_are_padded_not_refused(detector, shape):
+    """The processor alone would scale a 1x500 image's short side to 0 pixels and fail."""
+    image = np.random.default_rng(1).integers(0, 255, size=(*shape, 3), dtype=np.uint8)
+    found = detector.detect(image, PHRASE, **ALL)
+    assert found
+    for d in found:
+        x0, y0, x1, y1 = d.box
+        assert 0.0 <= x0 <= x1 <= shape[1] and 0.0 <= y0 <= y1 <= shape[0]
