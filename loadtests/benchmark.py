@@ -369,11 +369,12 @@ class Phase:
         return (len(ends) - 1 - first) / span if span > 0 else float("nan")
 
 
-def run_locust(phase: Phase, url: str, out: Path, meter: CpuMeter, warmup_s: float) -> Phase:
+def run_locust(phase: Phase, url: str, out: Path, meter: CpuMeter, warmup_s: float,
+               locustfile: Path = LOCUSTFILE) -> Phase:
     locust = Path(sys.executable).with_name("locust")
     prefix = out / phase.name
     samples = out / f"{phase.name}.samples.json"
-    cmd = [str(locust), "-f", str(LOCUSTFILE), "--headless", "-u", str(phase.users), "-r", str(phase.users),
+    cmd = [str(locust), "-f", str(locustfile), "--headless", "-u", str(phase.users), "-r", str(phase.users),
            "--run-time", f"{phase.run_s}s", "--host", url, "--csv", str(prefix), "--only-summary",
            "--stop-timeout", "60", "--loglevel", "WARNING", phase.user_class]
     env = {**os.environ, "VISUS_API_KEY": API_KEY, "VISUS_LOCUST_SAMPLES": str(samples),
@@ -590,13 +591,42 @@ absolute numbers, and note the load average printed with them.
 """
 
 
-def write_section(path: Path, body: str) -> None:
+def write_section(path: Path, body: str, start: str = MARK_START, end: str = MARK_END,
+                  intro: str | None = None, after: str | None = None) -> None:
+    """Put `body` between the `start`/`end` markers of `path`. Missing markers are added: `intro` (a
+    heading and text holding both markers) right after the `after` marker when there is one, else at the end."""
     text = path.read_text() if path.exists() else INTRO
-    if MARK_START not in text or MARK_END not in text:
-        text = text.rstrip("\n") + f"\n\n{MARK_START}\n{MARK_END}\n"
-    head, rest = text.split(MARK_START, 1)
-    _, tail = rest.split(MARK_END, 1)
-    path.write_text(f"{head}{MARK_START}\n{body}{MARK_END}{tail}")
+    if start not in text or end not in text:
+        section = intro or f"{start}\n{end}\n"
+        if after and after in text:
+            head, tail = text.split(after, 1)
+            text = f"{head}{after}\n\n{section}{tail.lstrip(chr(10))}"
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{body}{end}{tail}")
+
+
+def isolate_ray_ports(direct_http: tuple[int, int], direct_grpc: tuple[int, int]) -> None:
+    """Ports of our own for everything Ray Serve would otherwise take from fixed per-host defaults.
+
+    For a benchmark cluster next to another one on this box: HAProxy's stats/metrics ports, the
+    fallback proxy and the direct-ingress ranges are fixed per host, and HAProxy would otherwise
+    route to the other cluster's replicas. The GCS port is picked free by `ray.init` unless pinned.
+    """
+    from serve.ray_env import apply_ray_env_defaults
+
+    apply_ray_env_defaults()
+    os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    os.environ.update({
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()), "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(direct_http[0]),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(direct_http[1]),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(direct_grpc[0]),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(direct_grpc[1]),
+    })
 
 
 def machine() -> str:

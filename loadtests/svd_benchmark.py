@@ -48,7 +48,6 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -199,13 +198,6 @@ def deploy(model_dir: Path, home: Path, port: int):
                          queue={"actor_name": QUEUE_ACTOR}, limits={"sync_timeout_s": 300}).with_secrets()
     serve.run(build_app(config, has_gpu=False), name=config.app_name, route_prefix="/", blocking=False)
     return config
-
-
-def isolate_ray_ports() -> None:
-    """text_seg_benchmark.py's isolation (apply_ray_env_defaults first, free HAProxy and fallback ports),
-    with direct-ingress ranges of our own."""
-    with mock.patch.multiple(ts, DIRECT_INGRESS_HTTP=DIRECT_INGRESS_HTTP, DIRECT_INGRESS_GRPC=DIRECT_INGRESS_GRPC):
-        ts.isolate_ray_ports()
 
 
 # ---------------------------------------------------------------------------------------- direct
@@ -446,20 +438,6 @@ tiny architecture and of the serving path around it, not of real SVD.
 """
 
 
-def write_svd_section(path: Path, body: str) -> None:
-    """Our heading and markers after the text-prompted section (or at the end) if missing, then the body."""
-    text = path.read_text() if path.exists() else bench.INTRO
-    if MARK_START not in text or MARK_END not in text:
-        if TEXT_SEG_MARK_END in text:
-            head, tail = text.split(TEXT_SEG_MARK_END, 1)
-            text = f"{head}{TEXT_SEG_MARK_END}\n\n{SECTION_INTRO}{tail.lstrip(chr(10))}"
-        else:
-            text = text.rstrip("\n") + "\n\n" + SECTION_INTRO
-        path.write_text(text)
-    with mock.patch.multiple(bench, MARK_START=MARK_START, MARK_END=MARK_END):
-        bench.write_section(path, body)
-
-
 # ---------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -493,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             expected[s.key] = direct.run(s)["mp4"]
     print(f"direct warm in {time.perf_counter() - started:.0f} s", flush=True)
 
-    isolate_ray_ports()
+    bench.isolate_ray_ports(DIRECT_INGRESS_HTTP, DIRECT_INGRESS_GRPC)
     import ray
     from ray import serve
 
@@ -537,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     (work / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     if output is not None:
-        write_svd_section(output, table)
+        bench.write_section(output, table, MARK_START, MARK_END, intro=SECTION_INTRO, after=TEXT_SEG_MARK_END)
         print(f"wrote {output}")
     if args.keep:
         print(f"kept {work}")

@@ -44,7 +44,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -112,27 +111,6 @@ REPLICA = {EVF: "evf-sam replica", SEGMIND: "grounding_dino replica"}
 
 
 # ---------------------------------------------------------------------------------------- set-up
-def isolate_ray_ports() -> None:
-    """Ports of our own for everything Ray Serve would otherwise take from fixed per-host defaults.
-
-    As loadtests/video_benchmark.py does, with direct-ingress ranges of our own: another cluster may run
-    on this box, and HAProxy would otherwise route to its replicas. The GCS port is picked free by
-    `ray.init` unless the environment pins it.
-    """
-    from serve.ray_env import apply_ray_env_defaults
-
-    apply_ray_env_defaults()
-    os.environ.pop("RAY_GCS_SERVER_PORT", None)
-    os.environ.update({
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()), "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(DIRECT_INGRESS_HTTP[0]),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(DIRECT_INGRESS_HTTP[1]),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(DIRECT_INGRESS_GRPC[0]),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(DIRECT_INGRESS_GRPC[1]),
-    })
-
-
 def bench_image_png() -> bytes:
     """The Locust test picture cut to 256x192 (rows 32-223), as PNG.
 
@@ -418,8 +396,7 @@ def locust_phase(endpoint: str, users: int, seconds: int, locustfile: Path, url:
                  warmup_s: float) -> Phase:
     tag = re.sub(r"[^a-z0-9]+", "_", endpoint.lower()).strip("_")
     phase = Phase(f"{tag}_u{users}", USER_CLASS[endpoint], users, seconds)
-    with mock.patch.object(bench, "LOCUSTFILE", locustfile):
-        run_locust(phase, url, out, meter, warmup_s)
+    run_locust(phase, url, out, meter, warmup_s, locustfile)
     return phase
 
 
@@ -562,21 +539,6 @@ tiny architectures, not of the real checkpoints.
 """
 
 
-def write_text_seg_section(path: Path, body: str) -> None:
-    """Our heading and markers after the SAM 2 video section (or at the end) if missing, then the body."""
-    text = path.read_text() if path.exists() else bench.INTRO
-    if MARK_START not in text or MARK_END not in text:
-        if VIDEO_MARK_END in text:
-            head, tail = text.split(VIDEO_MARK_END, 1)
-            text = f"{head}{VIDEO_MARK_END}\n\n{SECTION_INTRO}{tail.lstrip(chr(10))}"
-        else:
-            text = text.rstrip("\n") + "\n\n" + SECTION_INTRO
-        path.write_text(text)
-    # benchmark.write_section splices between its module's markers: point them at ours for this call.
-    with mock.patch.multiple(bench, MARK_START=MARK_START, MARK_END=MARK_END):
-        bench.write_section(path, body)
-
-
 # ---------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -605,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     direct = Direct(model_dir, png)
     expected = {endpoint: call() for endpoint, call in direct.calls.items()}
 
-    isolate_ray_ports()
+    bench.isolate_ray_ports(DIRECT_INGRESS_HTTP, DIRECT_INGRESS_GRPC)
     import ray
     from ray import serve
 
@@ -648,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     if output is not None:
-        write_text_seg_section(output, table)
+        bench.write_section(output, table, MARK_START, MARK_END, intro=SECTION_INTRO, after=VIDEO_MARK_END)
         print(f"wrote {output}")
     if args.keep:
         print(f"kept {work}")

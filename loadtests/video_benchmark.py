@@ -41,7 +41,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -52,6 +51,8 @@ from loadtests.benchmark import API_KEY, f as fmt, free_port, loadavg, machine, 
 
 MARK_START = "<!-- bench:sam2-video:start -->"
 MARK_END = "<!-- bench:sam2-video:end -->"
+DIRECT_INGRESS_HTTP = (33000, 34000)  # away from the default range another cluster on this box may use
+DIRECT_INGRESS_GRPC = (43000, 44000)
 ENDPOINT = "fal-ai/sam2/video"
 ENCODER = "sam2_video_encoder"
 FPS = 24
@@ -365,25 +366,6 @@ def memory_runs(checkpoint: Path, plan: Plan, chunk: int, prefetch: int, work: P
 
 
 # ---------------------------------------------------------------------------------------- served runs
-def isolate_ray_ports() -> None:
-    """Ports of our own for everything Ray Serve would otherwise take from fixed defaults.
-
-    Another cluster may run on this box: HAProxy's stats/metrics ports, the fallback proxy and the
-    direct-ingress ranges are fixed per host, and HAProxy would otherwise route to the other
-    cluster's replicas. The GCS port is picked free by `ray.init` unless the environment pins it.
-    """
-    from serve.ray_env import apply_ray_env_defaults
-
-    apply_ray_env_defaults()
-    os.environ.pop("RAY_GCS_SERVER_PORT", None)
-    os.environ.update({
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()), "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "33000", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "34000",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "43000", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "44000",
-    })
-
-
 def deploy_video(checkpoint: Path, encoders: int, home: Path, port: int, index: int):
     """Only `fal-ai/sam2/video`: the propagator and `encoders` encoder replicas, one CPU each, no autoscaling."""
     from ray import serve
@@ -579,12 +561,6 @@ def markdown(results: list[dict], memory: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_video_section(path: Path, body: str) -> None:
-    # benchmark.write_section splices between its module's markers: point them at ours for this call.
-    with mock.patch.multiple(bench, MARK_START=MARK_START, MARK_END=MARK_END):
-        bench.write_section(path, body)
-
-
 # ---------------------------------------------------------------------------------------- main
 def speed_clip(plan: Plan, work: Path) -> dict:
     """The speed video, its frames as JPEGs for the plain predictor (decoded, so both see the same
@@ -638,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
                         "direct": direct_speed(label, checkpoint, clip, chunk, work)})
     memory = [] if args.skip_memory else memory_runs(micro, plan, chunk, prefetch, work)
 
-    isolate_ray_ports()
+    bench.isolate_ray_ports(DIRECT_INGRESS_HTTP, DIRECT_INGRESS_GRPC)
     import ray
     from ray import serve
 
@@ -668,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         r["checkpoint"] = str(r["checkpoint"])
     (work / "results.json").write_text(json.dumps({"meta": meta, "results": results, "memory": memory}, indent=2))
     if output is not None:
-        write_video_section(output, table)
+        bench.write_section(output, table, MARK_START, MARK_END)
         print(f"wrote {output}")
     if args.keep:
         print(f"kept {work}")

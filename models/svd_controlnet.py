@@ -30,7 +30,7 @@ from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, ge
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from models.svd_controlnet_unet import svd_time_embedding
+from models.svd_controlnet_unet import frames_into_batch
 
 
 class CheckpointKeysError(ValueError):
@@ -187,12 +187,8 @@ class ControlNetSDVModel(ModelMixin, ConfigMixin):
         ``return_dict=False`` gives ``(list of down residuals, mid residual)``.
         """
         batch_size, num_frames = sample.shape[:2]
-        emb = svd_time_embedding(self, sample, timestep, added_time_ids)
-
-        sample = sample.flatten(0, 1)
-        emb = emb.repeat_interleave(num_frames, dim=0, output_size=emb.shape[0] * num_frames)
-        encoder_hidden_states = encoder_hidden_states.repeat_interleave(
-            num_frames, dim=0, output_size=encoder_hidden_states.shape[0] * num_frames)
+        sample, emb, encoder_hidden_states = frames_into_batch(self, sample, timestep, added_time_ids,
+                                                               encoder_hidden_states)
 
         sample = self.conv_in(sample)
         if controlnet_cond is not None:

@@ -43,6 +43,18 @@ def svd_time_embedding(model, sample: torch.Tensor, timestep, added_time_ids: to
     return emb + model.add_embedding(time_embeds.to(emb.dtype))
 
 
+def frames_into_batch(model, sample: torch.Tensor, timestep, added_time_ids: torch.Tensor,
+                      encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sample, emb, encoder_hidden_states) with the frames folded into the batch, batch-major
+    (index = b*F + f), and the embedding and context repeated per frame, as the stock SVD UNet does."""
+    num_frames = sample.shape[1]
+    emb = svd_time_embedding(model, sample, timestep, added_time_ids)
+    emb = emb.repeat_interleave(num_frames, dim=0, output_size=emb.shape[0] * num_frames)
+    encoder_hidden_states = encoder_hidden_states.repeat_interleave(
+        num_frames, dim=0, output_size=encoder_hidden_states.shape[0] * num_frames)
+    return sample.flatten(0, 1), emb, encoder_hidden_states
+
+
 def skip_add_counts(num_down_skips: Sequence[int]) -> list[int]:
     """How many times each skip tensor receives its residual under the repeated-add injection.
 
@@ -89,13 +101,8 @@ def unet_with_controlnet_residuals(
     upsample_size = None
 
     batch_size, num_frames = sample.shape[:2]
-    emb = svd_time_embedding(unet, sample, timestep, added_time_ids)
-
-    # Frames go into the batch dimension, batch-major (index = b*F + f).
-    sample = sample.flatten(0, 1)
-    emb = emb.repeat_interleave(num_frames, dim=0, output_size=emb.shape[0] * num_frames)
-    encoder_hidden_states = encoder_hidden_states.repeat_interleave(
-        num_frames, dim=0, output_size=encoder_hidden_states.shape[0] * num_frames)
+    sample, emb, encoder_hidden_states = frames_into_batch(unet, sample, timestep, added_time_ids,
+                                                           encoder_hidden_states)
 
     sample = unet.conv_in(sample)
     image_only_indicator = torch.zeros(batch_size, num_frames, dtype=sample.dtype, device=sample.device)
