@@ -35,3 +35,14 @@ def write_folder_atomically(target: Path, write: Callable[[Path], None], is_curr
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def holds_exactly(target: Path, files: dict[str, bytes], generated: set[str]) -> bool:
+    """Whether ``target`` holds exactly ``files`` (same bytes) plus the ``generated`` file names."""
+    target = Path(target)
+    if not all((target / name).is_file() for name in generated):
+        return False
+    present = {p.name for p in target.iterdir() if p.is_file()}
+    if present != {*files, *generated}:
+        return False
+    return all((target / name).read_bytes() == data for name, data in files.items())

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.evf_sam2_config import EvfSam2Config, SamHeadConfig, load_weights, read_config
+from models.evf_sam2_config import EvfSam2Config, load_weights, read_config
 from models.image_io import check_rgb_image
+from models.sam2_embedded import rebuild_sam_heads
 
 Mode = Literal["multitask", "legacy"]
 MODES: tuple[str, ...] = ("multitask", "legacy")
@@ -108,44 +109,8 @@ def build_sam2_image_model(config: EvfSam2Config) -> torch.nn.Module:
         mode="eval",
         hydra_overrides_extra=list(config.sam2_overrides),
     )
-    if config.sam_heads != SamHeadConfig():
-        _rebuild_sam_heads(model, config.sam_heads)
+    rebuild_sam_heads(model, config.sam_heads)
     return model.eval()
-
-
-def _rebuild_sam_heads(model: torch.nn.Module, heads: SamHeadConfig) -> None:
-    # SAM2Base._build_sam_heads hard-codes these sizes; small test checkpoints need others.
-    # Everything else is taken from the model, as _build_sam_heads does.
-    from sam2.modeling.sam.mask_decoder import MaskDecoder
-    from sam2.modeling.sam.prompt_encoder import PromptEncoder
-    from sam2.modeling.sam.transformer import TwoWayTransformer
-
-    dim, grid = model.sam_prompt_embed_dim, model.sam_image_embedding_size
-    model.sam_prompt_encoder = PromptEncoder(
-        embed_dim=dim,
-        image_embedding_size=(grid, grid),
-        input_image_size=(model.image_size, model.image_size),
-        mask_in_chans=heads.mask_in_chans,
-    )
-    model.sam_mask_decoder = MaskDecoder(
-        num_multimask_outputs=heads.num_multimask_outputs,
-        transformer=TwoWayTransformer(
-            depth=heads.transformer_depth,
-            embedding_dim=dim,
-            mlp_dim=heads.transformer_mlp_dim,
-            num_heads=heads.transformer_num_heads,
-            attention_downsample_rate=heads.attention_downsample_rate,
-        ),
-        transformer_dim=dim,
-        iou_head_depth=heads.iou_head_depth,
-        iou_head_hidden_dim=heads.iou_head_hidden_dim,
-        use_high_res_features=model.use_high_res_features_in_sam,
-        iou_prediction_use_sigmoid=model.iou_prediction_use_sigmoid,
-        pred_obj_scores=model.pred_obj_scores,
-        pred_obj_scores_mlp=model.pred_obj_scores_mlp,
-        use_multimask_token_for_obj_ptr=model.use_multimask_token_for_obj_ptr,
-        **(model.sam_mask_decoder_extra_args or {}),
-    )
 
 
 def checkpoint_from_module_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

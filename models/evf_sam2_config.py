@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from models.sam2_embedded import SamHeadConfig, heads_from_hparams, sam2_config_name
+
 # BEiT-3 flags shared by every EVF size (BEiT-3's own _get_{base,large}_config).
 _BEIT3_COMMON = {
     "img_size": 224,
@@ -48,33 +50,6 @@ TINY_HPARAMS_FILE = "tiny_hparams.json"
 TINY_HPARAMS_FORMAT = "evf_sam2_tiny_hparams/v1"
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
-
-
-@dataclass(frozen=True)
-class SamHeadConfig:
-    """Constants that ``SAM2Base._build_sam_heads`` hard-codes; the defaults are its values."""
-
-    mask_in_chans: int = 16
-    num_multimask_outputs: int = 3
-    transformer_depth: int = 2
-    transformer_mlp_dim: int = 2048
-    transformer_num_heads: int = 8
-    attention_downsample_rate: int = 2
-    iou_head_depth: int = 3
-    iou_head_hidden_dim: int = 256
-
-
-# tiny_hparams.json names (SAM2 module paths) -> SamHeadConfig fields.
-_HEAD_FIELDS = {
-    "sam_prompt_encoder.mask_in_chans": "mask_in_chans",
-    "sam_mask_decoder.num_multimask_outputs": "num_multimask_outputs",
-    "sam_mask_decoder.transformer.depth": "transformer_depth",
-    "sam_mask_decoder.transformer.mlp_dim": "transformer_mlp_dim",
-    "sam_mask_decoder.transformer.num_heads": "transformer_num_heads",
-    "sam_mask_decoder.transformer.attention_downsample_rate": "attention_downsample_rate",
-    "sam_mask_decoder.iou_head_depth": "iou_head_depth",
-    "sam_mask_decoder.iou_head_hidden_dim": "iou_head_hidden_dim",
-}
 
 
 @dataclass(frozen=True)
@@ -148,15 +123,9 @@ def _from_tiny_hparams(path: Path) -> tuple[dict, str, list[str], SamHeadConfig]
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path} lacks {exc}") from None
     # The pack names the yaml file only; the sam2 package keeps it under configs/sam2[.1]/.
-    family = "sam2.1" if base.startswith("sam2.1_") else "sam2"
-    sam2_config = base if base.startswith("configs/") else f"configs/{family}/{base}"
-
-    heads: dict = {}
-    for name, entry in hardcoded.items():
-        if name not in _HEAD_FIELDS:
-            raise ValueError(f"{path}: unknown SAM 2 head constant {name!r}")
-        heads[_HEAD_FIELDS[name]] = int(entry["value"] if isinstance(entry, dict) else entry)
-    return beit3, sam2_config, overrides, SamHeadConfig(**heads)
+    sam2_config = sam2_config_name(base)
+    heads = heads_from_hparams(hardcoded, str(path))
+    return beit3, sam2_config, overrides, heads
 
 
 def weight_files(directory: str | Path) -> list[Path]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from models.atomic_folder import write_folder_atomically
+from models.atomic_folder import holds_exactly, write_folder_atomically
 from models.evf_sam2_config import (
     SAFETENSORS_FILE,
     TINY_HPARAMS_FILE,
@@ -117,7 +117,7 @@ def write_tiny_evf_sam2(out_dir: Path, multitask: bool = True, name: str | None 
             (folder / fname).write_bytes(data)
         _write_weights(folder)
 
-    return write_folder_atomically(out_dir / name, write, lambda target: _is_current(target, files))
+    return write_folder_atomically(out_dir / name, write, lambda target: holds_exactly(target, files, {SAFETENSORS_FILE}))
 
 
 def _small_files(multitask: bool) -> dict[str, bytes]:
@@ -161,15 +161,6 @@ def _write_weights(directory: Path) -> None:
                 mlp.layers[-1].weight.mul_(64.0)
     state = {k: v.contiguous() for k, v in checkpoint_from_module_keys(net.state_dict()).items()}
     save_file(state, str(directory / SAFETENSORS_FILE), metadata={"format": "pt"})
-
-
-def _is_current(target: Path, files: dict[str, bytes]) -> bool:
-    if not (target / SAFETENSORS_FILE).is_file():
-        return False
-    present = {p.name for p in target.iterdir() if p.is_file()}
-    if present != {*files, SAFETENSORS_FILE}:
-        return False
-    return all((target / fname).read_bytes() == data for fname, data in files.items())
 
 
 def _json_bytes(obj) -> bytes:

@@ -28,6 +28,7 @@ from models.sam2_build import resolve_build_args
 # each ``(1, C, h, w)``. The position encodings are left out: they depend only on the shapes.
 FrameFeatures = tuple[torch.Tensor, ...]
 FeaturesArg = Union[Mapping[int, FrameFeatures], Sequence[FrameFeatures]]
+Normalisation = tuple[tuple[float, float, float], tuple[float, float, float]]  # (mean, std) per RGB channel
 
 _IMG_MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float32)[:, None, None]
 _IMG_STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float32)[:, None, None]
@@ -56,13 +57,17 @@ def load_sam2_video_predictor(checkpoint: str | Path, device: str = "cpu", **bui
 
 
 def frames_to_model_input(
-    frames: np.ndarray | Sequence[np.ndarray], image_size: int
+    frames: np.ndarray | Sequence[np.ndarray], image_size: int, normalisation: Normalisation | None = None,
 ) -> torch.Tensor:
     """``(N, H, W, 3)`` uint8 RGB -> ``(N, 3, S, S)`` float32, normalised.
 
     Bitwise equal to what the video predictor's own frame loader produces from the same pixels:
     PIL's default (bicubic) resize, scaling in float64, then ImageNet normalisation in float32.
+    ``normalisation`` = (mean, std) replaces the ImageNet statistics (Sa2VA uses bf16-rounded ones).
     """
+    mean, std = (_IMG_MEAN, _IMG_STD) if normalisation is None else (
+        torch.tensor(normalisation[0], dtype=torch.float32)[:, None, None],
+        torch.tensor(normalisation[1], dtype=torch.float32)[:, None, None])
     out = torch.empty(len(frames), 3, image_size, image_size, dtype=torch.float32)
     for i, frame in enumerate(frames):
         frame = np.asarray(frame)
@@ -70,8 +75,8 @@ def frames_to_model_input(
             raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {frame.dtype} {frame.shape}")
         resized = np.array(Image.fromarray(frame).resize((image_size, image_size)))
         out[i] = torch.from_numpy(resized / 255.0).permute(2, 0, 1)
-    out -= _IMG_MEAN
-    out /= _IMG_STD
+    out -= mean
+    out /= std
     return out
 
 
@@ -81,6 +86,7 @@ def encode_frames(
     frames: np.ndarray | Sequence[np.ndarray],
     batch_size: int = 1,
     autocast_dtype: torch.dtype | None = None,
+    normalisation: Normalisation | None = None,
 ) -> list[FrameFeatures]:
     """Run the image encoder on ``frames``; return one :data:`FrameFeatures` per frame, on CPU.
 
@@ -94,7 +100,7 @@ def encode_frames(
     device = model.device
     features: list[FrameFeatures] = []
     for lo in range(0, len(frames), batch_size):
-        batch = frames_to_model_input(frames[lo:lo + batch_size], int(model.image_size))
+        batch = frames_to_model_input(frames[lo:lo + batch_size], int(model.image_size), normalisation)
         with _autocast(device, autocast_dtype):
             fpn = model.forward_image(batch.to(device))["backbone_fpn"]
         for i in range(batch.shape[0]):
@@ -108,7 +114,9 @@ class ObjectPrompt:
     """A prompt for one object on one frame, in pixel coordinates of the video.
 
     Points ``(x, y)`` with labels 1 (foreground) or 0 (background) and/or a box
-    ``(x_min, y_min, x_max, y_max)``; or instead an ``(H, W)`` boolean ``mask``.
+    ``(x_min, y_min, x_max, y_max)``; or instead an ``(H, W)`` boolean ``mask``; or instead an
+    ``embedding``: a prompt-width vector appended to SAM's "no points" sparse prompt, which makes
+    the frame an initial conditioning frame of its own (Sa2VA's ``[SEG]`` prompts, models.md 3.9).
     """
 
     obj_id: int
@@ -117,6 +125,7 @@ class ObjectPrompt:
     labels: Sequence[int] = ()
     box: tuple[float, float, float, float] | None = None
     mask: np.ndarray | None = None
+    embedding: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -317,7 +326,9 @@ class Sam2VideoPropagator:
             for f in self.prompt_frames:
                 self._inject(f, features[f])
             for p in self.prompts:
-                if p.mask is not None:
+                if p.embedding is not None:
+                    _add_embedding_prompt(pred, state, p)
+                elif p.mask is not None:
                     pred.add_new_mask(state, p.frame_idx, p.obj_id, torch.from_numpy(p.mask))
                 else:
                     has_points = len(p.points) > 0
@@ -577,6 +588,13 @@ def _check_prompts(
             box = (*np.minimum(b[:2], b[2:]).tolist(), *np.maximum(b[:2], b[2:]).tolist())
         if not (np.isfinite(pts).all() and (box is None or np.isfinite(box).all())):
             raise ValueError("point and box coordinates must be finite numbers")
+        embedding = None
+        if p.embedding is not None:
+            if len(pts) or box is not None or p.mask is not None:
+                raise ValueError(f"{where}: give an embedding or points/box/mask, not both")
+            embedding = np.asarray(p.embedding, np.float32)
+            if embedding.ndim != 1 or not np.isfinite(embedding).all():
+                raise ValueError(f"{where}: the embedding must be a finite 1-D vector, got shape {embedding.shape}")
         mask = None
         if p.mask is not None:
             if len(pts) or box is not None:
@@ -584,12 +602,36 @@ def _check_prompts(
             mask = np.asarray(p.mask).astype(bool)
             if mask.shape != (height, width):
                 raise ValueError(f"a mask prompt must be ({height}, {width}), got {mask.shape}")
-        elif not len(pts) and box is None:
-            raise ValueError(f"{where}: the prompt has no point, box or mask")
+        elif not len(pts) and box is None and embedding is None:
+            raise ValueError(f"{where}: the prompt has no point, box, mask or embedding")
         checked.append(ObjectPrompt(
-            key[0], key[1], [tuple(x) for x in pts.tolist()], lbl.tolist(), box, mask,
+            key[0], key[1], [tuple(x) for x in pts.tolist()], lbl.tolist(), box, mask, embedding,
         ))
     return tuple(checked)
+
+
+def _add_embedding_prompt(predictor, state: dict, prompt: ObjectPrompt) -> None:
+    """``add_new_points_or_box`` for an embedding prompt: sparse = [no-point, pad, embedding]."""
+    obj_idx = predictor._obj_id_to_idx(state, prompt.obj_id)
+    width = predictor.sam_prompt_embed_dim
+    if prompt.embedding.shape != (width,):
+        raise ValueError(f"object {prompt.obj_id}: the embedding must have {width} values, got {prompt.embedding.shape}")
+    extra = torch.from_numpy(prompt.embedding).to(predictor.device).reshape(1, 1, width)
+
+    def append(_module, _args, output):
+        sparse, dense = output
+        return torch.cat([sparse, extra.to(sparse.dtype)], dim=1), dense
+
+    hook = predictor.sam_prompt_encoder.register_forward_hook(append)
+    try:
+        out, _ = predictor._run_single_frame_inference(
+            inference_state=state, output_dict=state["output_dict_per_obj"][obj_idx],
+            frame_idx=prompt.frame_idx, batch_size=1, is_init_cond_frame=True, point_inputs=None,
+            mask_inputs=None, reverse=False, run_mem_encoder=False,
+        )
+    finally:
+        hook.remove()
+    state["temp_output_dict_per_obj"][obj_idx]["cond_frame_outputs"][prompt.frame_idx] = out
 
 
 def _export_record(rec: dict) -> dict:

@@ -12,6 +12,17 @@ import numpy as np
 from PIL import Image
 
 
+def strided(full: np.ndarray, spec: str) -> np.ndarray:
+    """A parity pack's slicing of large references, e.g. ``"[:, ::4, ::4]"`` (steps only)."""
+    parts = spec.strip("[]").split(",")
+    idx = tuple(
+        Ellipsis if p.strip() == "..." else
+        slice(*[int(v) if v.strip() else None for v in (p.split(":") + ["", ""])[:3]])
+        for p in parts
+    )
+    return full[idx]
+
+
 def png_bytes(width: int = 64, height: int = 64, fmt: str = "PNG") -> bytes:
     rng = np.random.default_rng(width * 1000 + height)
     pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)

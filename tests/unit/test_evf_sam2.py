@@ -26,23 +26,13 @@ from models.evf_sam2 import SEMANTIC_TOKEN, EvfSam2, EvfSam2Net, checkpoint_from
 from models.evf_sam2_config import read_config
 from models.evf_sam2_tiny import write_tiny_evf_sam2
 from models.image_io import decode_image
+from tests.helpers import strided
 
 PACK = Path(__file__).resolve().parents[1] / "parity" / "evf_sam2"
 INDEX = json.loads((PACK / "cases.json").read_text())
 CASES = {case["id"]: case for case in INDEX["cases"]}
 FLOAT_TOL = 1e-4
 NEAR_ZERO = 1e-4
-
-
-def strided(full: np.ndarray, spec: str) -> np.ndarray:
-    """The pack's slicing of large references, e.g. ``"[:, ::4, ::4]"`` (steps only)."""
-    parts = spec.strip("[]").split(",")
-    idx = tuple(
-        Ellipsis if p.strip() == "..." else
-        slice(*[int(v) if v.strip() else None for v in (p.split(":") + ["", ""])[:3]])
-        for p in parts
-    )
-    return full[idx]
 
 
 @functools.cache

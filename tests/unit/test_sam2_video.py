@@ -321,7 +321,7 @@ def _torch_bytes(obj) -> bytes:
     [
         ([], "at least one prompt"),
         ([ObjectPrompt(1, 20, points=[(1, 1)], labels=[1])], "outside"),
-        ([ObjectPrompt(1, 0)], "no point, box or mask"),
+        ([ObjectPrompt(1, 0)], "no point, box, mask or embedding"),
         ([ObjectPrompt(1, 0, points=[(1, 1)], labels=[])], "labels"),
         ([ObjectPrompt(1, 0, points=[(1, 1, 1)], labels=[1])], "pairs"),
         ([ObjectPrompt(1, 0, points=[(1, 1)], labels=[3])], "labels"),
