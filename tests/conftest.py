@@ -111,3 +111,14 @@ def visus(tmp_path_factory) -> Stack:
     yield Stack(url=url, key=API_KEY, config=config, home=home)
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on 127.0.0.1 (a free port, a password, no persistence) for the Redis journal
+    tests; fails them when redis-server is missing, unless VISUS_SKIP_REDIS=1."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port())
+    yield server
+    server.stop()

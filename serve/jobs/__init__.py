@@ -1,1 +1,1 @@
-"""The job queue: its records, SQLite journal, the detached queue actor and the gateway's client for it."""
+"""The job queue: its records, journal (SQLite or Redis), the detached queue actor and the gateway's client for it."""

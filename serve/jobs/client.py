@@ -11,7 +11,7 @@ def queue_settings(config) -> dict:
     """The plain-data settings the queue actor is built from."""
     return {
         "app_name": config.app_name,
-        "journal_path": config.resolved_journal_path,
+        "journal_url": config.resolved_journal_url,
         "max_dispatch": config.queue.max_dispatch,
         "max_attempts": config.queue.max_attempts,
         "keep_completed_in_memory": config.queue.keep_completed_in_memory,

@@ -1,100 +1,90 @@
-"""SQLite write-through journal of the job queue: every state change lands here before it is acknowledged.
+"""The job queue's write-through journal: one interface, a backend chosen by the journal URL.
 
-A restarted queue actor rebuilds itself from this file: finished results stay readable, queued and
-interrupted jobs are dispatched again, undelivered webhooks are retried.
+Every state change of a job lands here before it is acknowledged, so a restarted queue actor rebuilds
+itself from the journal: finished results stay readable, queued and interrupted jobs are dispatched
+again, undelivered webhooks are retried.
+
+- a plain path or `sqlite:///path` -> SQLite file (`journal_sqlite.py`), for one machine;
+- `redis://` / `rediss://` -> Redis (`journal_redis.py`), for clusters where the queue actor may
+  restart on another node.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from pathlib import Path
+import dataclasses
+from abc import ABC, abstractmethod
+from urllib.parse import urlsplit
 
 from serve.jobs.records import JobRecord
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    request_id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    endpoint_id TEXT NOT NULL,
-    queue_base TEXT NOT NULL,
-    deployment TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    base_url TEXT NOT NULL,
-    webhook_url TEXT,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    completed_at REAL,
-    start_deadline REAL,
-    result_status INTEGER,
-    result_body TEXT,
-    result_headers TEXT,
-    webhook_state TEXT,
-    dispatch_count INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS logs (
-    request_id TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    entry TEXT NOT NULL,
-    PRIMARY KEY (request_id, n)
-);
-"""
-
-_COLUMNS = ("request_id", "seq", "endpoint_id", "queue_base", "deployment", "payload", "base_url",
-            "webhook_url", "status", "created_at", "started_at", "completed_at", "start_deadline",
-            "result_status", "result_body", "result_headers", "webhook_state", "dispatch_count")
+REDIS_SCHEMES = ("redis", "rediss")
 
 
-class Journal:
-    def __init__(self, path: str | Path):
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash (what actor restarts are); only power loss can drop the tail.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+class JournalError(RuntimeError):
+    """The journal cannot be opened or used (unreachable server, wrong password, bad URL)."""
 
-    def close(self) -> None:
-        self._db.close()
 
-    def max_seq(self) -> int:
-        row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
-        return int(row[0])
+class Journal(ABC):
+    """What the queue actor needs of a journal. Calls are synchronous and each one is durable on return
+    (as durable as the backend is configured to be)."""
 
+    @abstractmethod
     def save(self, job: JobRecord) -> None:
-        values = (job.request_id, job.seq, job.endpoint_id, job.queue_base, job.deployment,
-                  json.dumps(job.payload), job.base_url, job.webhook_url, job.status, job.created_at,
-                  job.started_at, job.completed_at, job.start_deadline, job.result_status,
-                  None if job.result_body is None else json.dumps(job.result_body),
-                  json.dumps(job.result_headers), job.webhook_state, job.dispatch_count)
-        placeholders = ",".join("?" * len(_COLUMNS))
-        self._db.execute(f"INSERT OR REPLACE INTO jobs ({','.join(_COLUMNS)}) VALUES ({placeholders})", values)
+        """Insert or replace the job's record (everything but its logs)."""
 
+    @abstractmethod
     def append_log(self, request_id: str, n: int, entry: dict) -> None:
-        self._db.execute("INSERT OR REPLACE INTO logs VALUES (?,?,?)", (request_id, n, json.dumps(entry)))
+        """Store log entry number `n` of the job; storing the same `n` again replaces it."""
 
-    def _record(self, row: tuple) -> JobRecord:
-        data = dict(zip(_COLUMNS, row))
-        data["payload"] = json.loads(data["payload"])
-        data["result_body"] = None if data["result_body"] is None else json.loads(data["result_body"])
-        data["result_headers"] = json.loads(data["result_headers"] or "{}")
-        job = JobRecord(**data)
-        job.logs = [json.loads(e) for (e,) in self._db.execute(
-            "SELECT entry FROM logs WHERE request_id=? ORDER BY n", (job.request_id,))]
-        return job
-
+    @abstractmethod
     def load(self, request_id: str) -> JobRecord | None:
-        row = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE request_id=?", (request_id,)).fetchone()
-        return self._record(row) if row else None
+        """The job with its logs in order, or None."""
 
+    @abstractmethod
     def unfinished(self) -> list[JobRecord]:
-        rows = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE status != 'COMPLETED' ORDER BY seq")
-        return [self._record(r) for r in rows.fetchall()]
+        """Jobs not COMPLETED, in submission (seq) order."""
 
+    @abstractmethod
     def pending_webhooks(self) -> list[JobRecord]:
-        rows = self._db.execute(
-            f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE status = 'COMPLETED' AND webhook_state = 'pending'")
-        return [self._record(r) for r in rows.fetchall()]
+        """COMPLETED jobs whose webhook is still pending, in seq order."""
+
+    @abstractmethod
+    def max_seq(self) -> int:
+        """The highest seq saved so far (0 when empty)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+def journal_scheme(url: str) -> str:
+    """'sqlite' or 'redis' for a journal URL; ValueError for anything else."""
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme in ("", "sqlite"):
+        return "sqlite"
+    if scheme in REDIS_SCHEMES:
+        return "redis"
+    raise ValueError(f"unsupported journal URL scheme {scheme!r}: "
+                     "use a file path, sqlite:///path, redis:// or rediss://")
+
+
+def sqlite_path(url: str) -> str:
+    # SQLAlchemy's convention: sqlite:///rel/path is relative, sqlite:////abs/path absolute.
+    return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+
+
+def open_journal(url: str, app_name: str = "visus") -> Journal:
+    """The journal at `url`. Redis keys are prefixed per app (see journal_redis) so apps can share a db."""
+    if journal_scheme(url) == "redis":
+        from serve.jobs.journal_redis import RedisJournal
+
+        return RedisJournal(url, app_name)
+    from serve.jobs.journal_sqlite import SqliteJournal
+
+    return SqliteJournal(sqlite_path(url))
+
+
+def record_fields(job: JobRecord) -> dict:
+    """The record as plain data, without its logs (which are stored entry by entry)."""
+    data = dataclasses.asdict(job)
+    data.pop("logs")
+    return data

@@ -15,7 +15,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from serve import job_events
-from serve.jobs.journal import Journal
+from serve.jobs.journal import open_journal
 from serve.jobs.records import JobRecord
 
 logger = logging.getLogger("visus.queue")
@@ -56,7 +56,7 @@ class JobQueue:
     def __init__(self, settings: dict):
         self._settings = settings
         self._app_name: str = settings["app_name"]
-        self._journal = Journal(settings["journal_path"])
+        self._journal = open_journal(settings["journal_url"], self._app_name)
         self._seq = self._journal.max_seq()
         self._jobs: dict[str, JobRecord] = {}
         self._live: dict[str, _Live] = {}
