@@ -15,7 +15,7 @@ export VISUS_PORT
 # serve/ray_env.py; the local cluster must start with them.
 RAY_ENV = env $$($(PY) -m serve.ray_env)
 
-.PHONY: install serve stop test bench bench-video bench-text bench-svd render
+.PHONY: install serve stop test bench bench-video bench-text bench-svd render redis-server k8s
 
 # Some machines cap torch/torchvision through a global pip constraints file at releases below the
 # pins in pyproject.toml; the pins are what Visus is tested with, so the venv ignores that cap.
@@ -43,11 +43,27 @@ tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
 	@if command -v npm >/dev/null; then cd tests/js && npm ci --no-audit --no-fund --silent; \
 	  else echo "npm not found: the JS client tests will be skipped"; fi
 
-test: install tests/js/node_modules/.package-lock.json
+# A real redis-server for the Redis journal tests (tests/unit/test_journal.py, test_queue_recovery.py):
+# Debian's package, installed when missing and we are root. Otherwise those tests fail, loudly, unless
+# VISUS_SKIP_REDIS=1.
+redis-server:
+	@command -v redis-server >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing redis-server (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
+	else echo "redis-server not found and cannot install it here (needs root and apt-get): install it," \
+	  "or set VISUS_SKIP_REDIS=1 to skip the Redis journal tests"; fi
+
+test: install redis-server tests/js/node_modules/.package-lock.json
 	$(PY) -m pytest
 
 render: install
 	$(VENV)/bin/visus config render -o serve_config.yaml
+
+# KubeRay manifests (k8s/: kustomize base + overlays cpu-tiny and gpu), rendered from the config;
+# tests/unit/test_k8s_manifests.py fails when the committed files differ from a fresh render.
+k8s: install
+	$(VENV)/bin/visus config render --kuberay --k8s-dir k8s
 
 bench: install
 	$(PY) loadtests/benchmark.py

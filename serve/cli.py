@@ -1,4 +1,7 @@
-"""The `visus` command: `up` (deploy on a local Ray cluster), `models tiny|download`, `config render|show`."""
+"""The `visus` command: `up` (deploy on a local Ray cluster), `models tiny|download`, `config render|show`.
+
+`config render --kuberay` writes the KubeRay manifests (serve/kuberay.py, serve/k8s_tree.py).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from serve.config import VisusConfig, load_config
+from serve.kuberay import OVERLAYS
 
 
 def _config(args) -> VisusConfig:
@@ -59,7 +63,29 @@ def render_serve_config(config: VisusConfig, has_gpu: bool) -> dict:
     }
 
 
+def cmd_config_render_kuberay(args) -> int:
+    """The KubeRay RayService of one overlay, or (`--k8s-dir`) the whole kustomize tree."""
+    from serve import k8s_tree, kuberay
+
+    # The config file alone: VISUS_* in the renderer's environment must not leak into manifests.
+    config = kuberay.load_file_config(args.config)
+    if args.k8s_dir:
+        source = args.config or "serve/default_config.yaml"
+        for path in k8s_tree.write_tree(Path(args.k8s_dir), k8s_tree.render_tree(config, source)):
+            print(path, file=sys.stderr)
+        return 0
+    text = kuberay.dump_yaml(kuberay.render_rayservice(config, args.overlay))
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_config_render(args) -> int:
+    if args.kuberay:
+        return cmd_config_render_kuberay(args)
     config = _config(args)
     if args.gpu == "auto":
         from serve.app_builder import detect_gpu
@@ -216,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("-o", "--output", help="file (default: stdout)")
     render.add_argument("--gpu", choices=("auto", "yes", "no"), default="auto",
                         help="write num_gpus requests (default: when this machine has a GPU)")
+    render.add_argument("--kuberay", action="store_true",
+                        help="write a KubeRay RayService (ray.io/v1) instead; its serveConfigV2 is this config file")
+    render.add_argument("--overlay", choices=sorted(OVERLAYS), default="gpu",
+                        help="with --kuberay: the cluster shape (default: gpu)")
+    render.add_argument("--k8s-dir", help="with --kuberay: write the whole kustomize tree (base + overlays) here")
     render.set_defaults(func=cmd_config_render)
     show = cfg.add_parser("show", help="print the effective configuration (env overrides applied)")
     show.set_defaults(func=cmd_config_show)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from serve.fetch_guard import FetchPolicy
+from serve.jobs.journal import journal_scheme
 from serve.webhooks import WebhookPolicy
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
@@ -51,6 +52,8 @@ class DeploymentOptions(StrictModel):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0, description="Wanted GPU share; dropped on clusters without GPUs.")
     memory: int | None = Field(None, ge=0, description="Bytes of RAM reserved per replica.")
+    resources: dict[str, float] = Field(default_factory=dict, description=(
+        "Ray custom resources per replica, e.g. {visus_group_sam2: 1} to pin it to a KubeRay worker group."))
     graceful_shutdown_timeout_s: float = Field(60.0, ge=0)
     health_check_period_s: float = Field(10.0, gt=0)
 
@@ -61,6 +64,8 @@ class DeploymentOptions(StrictModel):
             actor["num_gpus"] = self.num_gpus
         if self.memory:
             actor["memory"] = self.memory
+        if self.resources:
+            actor["resources"] = dict(self.resources)
         # Each replica's torch threads follow its CPU reservation (oversubscription costs 2-18x).
         threads = str(max(1, int(self.num_cpus)))
         actor["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}}
@@ -188,7 +193,10 @@ class VisusConfig(BaseSettings):
     home: str = Field(".visus", description="Local state folder (journal, storage, secrets, tiny models).")
     model_dir: str | None = Field(None, description="Checkpoints folder; tiny ones are written when unset.")
     storage_url: str | None = Field(None, description="fsspec URL for files; default <home>/storage.")
-    journal_url: str | None = Field(None, description="SQLite path of the job journal; default <home>/journal.sqlite.")
+    journal_url: str | None = Field(None, description=(
+        "Job queue journal: a file path or sqlite:///path (one machine), or redis://[:PASSWORD@]host:port/db "
+        "(rediss:// for TLS; add ?prefix=... to change the key prefix, default visus:<app_name>:) for clusters; "
+        "the Redis password may instead come from env VISUS_REDIS_PASSWORD. Default <home>/journal.sqlite."))
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     secret_key: str | None = Field(None, description="Signs tokens and upload URLs; generated when unset.")
     app_name: str = "visus"
@@ -202,6 +210,14 @@ class VisusConfig(BaseSettings):
     endpoints: list[EndpointConfig] = Field(default_factory=list)
 
     _split_api_keys = field_validator("api_keys", mode="before")(_split_keys)
+
+    @field_validator("journal_url")
+    @classmethod
+    def _check_journal_url(cls, value: str | None) -> str | None:
+        # Caught here rather than in the queue actor, which Ray would restart forever on a bad URL.
+        if value:
+            journal_scheme(value)
+        return value
 
     @model_validator(mode="after")
     def _check_deployments(self) -> "VisusConfig":
@@ -235,9 +251,9 @@ class VisusConfig(BaseSettings):
         return self.storage_url or str(self.home_path / "storage")
 
     @property
-    def resolved_journal_path(self) -> str:
-        url = self.journal_url or str(self.home_path / "journal.sqlite")
-        return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+    def resolved_journal_url(self) -> str:
+        """The journal URL the queue actor opens (serve.jobs.journal.open_journal)."""
+        return self.journal_url or str(self.home_path / "journal.sqlite")
 
     def enabled_endpoints(self) -> list[EndpointConfig]:
         return [e for e in self.endpoints if e.enabled]
