@@ -6,16 +6,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 VISUS_PORT ?= 8000
 RAY_PORT ?= 6389
-# Logical CPUs for replica placement: the default config reserves 6.5 (gateway, SAM 2 image, the video
-# propagator and one encoder, EVF-SAM2, Grounding DINO, SVD), more than a 2-core laptop has; torch
-# threads follow each reservation.
-RAY_NUM_CPUS ?= $(shell n=$$(nproc); echo $$(( n < 7 ? 7 : n )))
+# Logical CPUs for replica placement: the default config reserves 11.5 (gateway, SAM 2 image, the video
+# propagator and one encoder, EVF-SAM2, Grounding DINO, SVD, Sa2VA 8B/4B image and video and the 8B
+# encoder), more than a 2-core laptop has; torch threads follow each reservation.
+RAY_NUM_CPUS ?= $(shell n=$$(nproc); echo $$(( n < 12 ? 12 : n )))
 export VISUS_PORT
 # The Ray settings Visus runs with (HAProxy + direct ingress, loopback-only auth, message sizes) live in
 # serve/ray_env.py; the local cluster must start with them.
 RAY_ENV = env $$($(PY) -m serve.ray_env)
 
-.PHONY: install serve stop test bench bench-video bench-text bench-svd render redis-server k8s
+.PHONY: install serve stop test bench bench-video bench-text bench-svd loadtest render redis-server k8s
 
 # Some machines cap torch/torchvision through a global pip constraints file at releases below the
 # pins in pyproject.toml; the pins are what Visus is tested with, so the venv ignores that cap.
@@ -79,3 +79,11 @@ bench-text: install
 # QUICK=1: a smoke run (few videos per setting) that only prints.
 bench-svd: install
 	$(PY) loadtests/svd_benchmark.py $(if $(QUICK),--quick)
+
+# Load test against an already running server (`make serve` first, or LOADTEST_HOST=https://...): one
+# steady minute of 6 users over every endpoint family, thresholds set the exit code, reports (CSV, HTML,
+# JSON) in loadtests/results/<date-time>/. LOADTEST_SHAPE=step|spike, LOADTEST_USERS=, LOADTEST_DURATION_S=
+# change it; the key is VISUS_API_KEY or .visus/api_key. Details: loadtests/README.md.
+LOADTEST_HOST ?= http://127.0.0.1:$(VISUS_PORT)
+loadtest: install
+	$(PY) loadtests/run_loadtest.py --host $(LOADTEST_HOST)

@@ -282,6 +282,30 @@ def to_video_size(logits_1024: torch.Tensor, height: int, width: int) -> torch.T
                          align_corners=False)[:, 0]
 
 
+def load_grounding_predictor(directory: str | Path, device: str | torch.device = "cpu"):
+    """Only the SAM 2 video predictor of a Sa2VA directory (for frame-encoding workers).
+
+    Reads just the ``grounding_encoder.sam2_model.*`` tensors of the (possibly sharded) checkpoint.
+    """
+    from safetensors import safe_open
+
+    from models.evf_sam2_config import weight_files
+    from models.sa2va_weights import SAM_PREFIX
+
+    directory = Path(directory)
+    config = read_config(directory)
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(directory):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                if key.startswith(SAM_PREFIX):
+                    state[key] = f.get_tensor(key)
+    _, sam_state, _ = split_checkpoint(state, config)
+    predictor = build_predictor(config)
+    _load_strict(predictor, sam_state, "grounding SAM 2", directory)
+    return predictor.to(device).eval()
+
+
 def build_mllm(config: Sa2vaConfig, image_token_id: int, empty: bool = True):
     """transformers' InternVL for ``config``; ``empty`` builds it on the meta device (load weights next)."""
     from transformers import InternVLConfig, InternVLForConditionalGeneration, LlamaConfig, Qwen2Config

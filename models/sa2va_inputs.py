@@ -72,6 +72,17 @@ def tiles_to_pixels(tiles: Sequence[np.ndarray]) -> torch.Tensor:
     return (x - mean) / std
 
 
+def sample_frame_indices(num_frames: int, wanted: int | None) -> list[int]:
+    """``wanted`` frame indices spread evenly over ``num_frames`` (first and last included); all when unset."""
+    if num_frames < 1:
+        raise ValueError("the video has no frames")
+    if wanted is None or wanted >= num_frames:
+        return list(range(num_frames))
+    if wanted < 1:
+        raise ValueError(f"at least one frame must be sampled, got {wanted}")
+    return sorted({int(round(x)) for x in np.linspace(0, num_frames - 1, wanted)})
+
+
 def region_token_masks(masks: np.ndarray) -> np.ndarray:
     """``(n, H, W)`` bool region masks -> ``(n, 16, 16)`` bool: nearest resize to the token grid."""
     side = int(round(TOKENS_PER_TILE ** 0.5))

@@ -12,6 +12,8 @@ of the language model would run. Every token embedding carries a constant on hid
 survives the two small random layers and dominates the last state), and ``lm_head`` maps unit 0 to
 ``[SEG]``; the ``[SEG]`` embedding also carries unit 1, which ``lm_head`` maps to ``<|im_end|>``.
 The projector and SAM 2's hypernetwork outputs are scaled up so that masks depend on the input.
+The language model's context is 8192 positions (32768 in the packs and the real models), so that a
+too-long prompt is quick to test.
 """
 
 from __future__ import annotations

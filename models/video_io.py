@@ -11,7 +11,7 @@ import io
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Iterator, Union
+from typing import BinaryIO, Iterator, Sequence, Union
 
 import av
 import numpy as np
@@ -164,6 +164,25 @@ def read_frames(source: VideoSource, start: int, stop: int) -> np.ndarray:
             f"the video ended at frame {start + len(frames)}, before the end of the range "
             f"[{start}, {stop})"
         )
+    return np.stack(frames)
+
+
+def read_frames_at(source: VideoSource, indices: Sequence[int]) -> np.ndarray:
+    """The frames at ascending ``indices`` as one ``(len(indices), H, W, 3)`` uint8 RGB array.
+
+    One decode pass from the keyframe before the first index to the last one; frames in between
+    that are not wanted are decoded and dropped.
+    """
+    wanted = [int(i) for i in indices]
+    if not wanted:
+        raise ValueError("no frame indices given")
+    if any(b <= a for a, b in zip(wanted, wanted[1:])) or wanted[0] < 0:
+        raise ValueError(f"frame indices must be ascending and distinct, got {wanted[:8]}")
+    keep = set(wanted)
+    frames = [frame for idx, frame in iter_frames(source, wanted[0], wanted[-1] + 1) if idx in keep]
+    if len(frames) != len(wanted):
+        raise VideoDecodeError(f"the video holds {len(frames)} of the {len(wanted)} frames asked for "
+                               f"between {wanted[0]} and {wanted[-1]}")
     return np.stack(frames)
 
 

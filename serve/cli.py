@@ -25,6 +25,7 @@ def write_tiny_models(model_dir: Path) -> list[Path]:
     """Tiny random checkpoints in the official layouts, for every model the default config serves."""
     from models.evf_sam2_tiny import write_tiny_evf_sam2
     from models.grounding_dino_tiny import write_tiny_grounding_dino
+    from models.sa2va_tiny import write_tiny_sa2va
     from models.svd_tiny import write_tiny_svd, write_tiny_svd_controlnet
     from models.tiny import write_tiny_sam2
 
@@ -32,7 +33,9 @@ def write_tiny_models(model_dir: Path) -> list[Path]:
             write_tiny_evf_sam2(model_dir / "evf_sam2", multitask=True, name="evf-sam2-multitask"),
             write_tiny_grounding_dino(model_dir / "grounding_dino" / "grounding-dino-tiny"),
             write_tiny_svd(model_dir / "svd", name="svd-tiny"),
-            write_tiny_svd_controlnet(model_dir / "svd", name="svd-controlnet-tiny")]
+            write_tiny_svd_controlnet(model_dir / "svd", name="svd-controlnet-tiny"),
+            write_tiny_sa2va(model_dir / "sa2va", "internlm2"),
+            write_tiny_sa2va(model_dir / "sa2va", "qwen2")]
 
 
 def render_serve_config(config: VisusConfig, has_gpu: bool) -> dict:

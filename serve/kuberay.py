@@ -95,8 +95,14 @@ OVERLAYS: dict[str, Overlay] = {
                    tiny_models=False,
                    checkpoint_renames={"sam2/sam2.1_hiera_micro.pt": "sam2/sam2.1_hiera_large.pt",
                                        "svd/svd-tiny": "svd/stable-video-diffusion-img2vid-xt",
-                                       "svd/svd-controlnet-tiny": "svd/temporal-controlnet-depth-svd-v1"},
-                   model_overrides={"fal-ai/svd": {"height": 576, "width": 1024}}),
+                                       "svd/svd-controlnet-tiny": "svd/temporal-controlnet-depth-svd-v1",
+                                       "sa2va/sa2va-tiny-internlm2": "sa2va/Sa2VA-8B",
+                                       "sa2va/sa2va-tiny-qwen2": "sa2va/Sa2VA-4B"},
+                   model_overrides={"fal-ai/svd": {"height": 576, "width": 1024},
+                                    "fal-ai/sa2va/8b/image": {"max_new_tokens": 2048},
+                                    "fal-ai/sa2va/8b/video": {"max_new_tokens": 2048},
+                                    "fal-ai/sa2va/4b/image": {"max_new_tokens": 2048},
+                                    "fal-ai/sa2va/4b/video": {"max_new_tokens": 2048}}),
 }
 
 

@@ -36,11 +36,13 @@ def test_curl_examples_run(visus):
     assert out.stdout.count('"video"') >= 2 and "video/mp4" in out.stdout
     assert "image/jpeg" in out.stdout and "x-remaining-credits" in out.stdout.lower()  # Segmind
     assert '"seed":42' in out.stdout.replace(" ", "")  # SVD
+    assert "mask_0.png" in out.stdout and "mask_0.mp4" in out.stdout and '"delta"' in out.stdout  # Sa2VA
 
 
 # What each Python block (in README order) must print.
 PYTHON_EXPECTED = [["/files/", "'image'"], ["/files/", "masks_rle"], ["/files/", "mask.png"], ["image/jpeg"],
-                   ["/files/", "video.mp4", "step 4/4"], ["data:image/png;base64", "/files/"]]
+                   ["/files/", "video.mp4", "step 4/4"], ["[SEG]", "mask_0.png"], ["[SEG]", "mask_0.mp4", "range 1/"],
+                   ["data:image/png;base64", "/files/"]]
 
 
 @pytest.mark.parametrize("index, expected", list(enumerate(PYTHON_EXPECTED)))

@@ -72,3 +72,39 @@ def test_gated_repositories_get_the_hf_token(mirror, tmp_path, monkeypatch):
     assert main(["models", "download", "temporal-controlnet-depth-svd-v1", "--url", mirror, "--output", str(out)]) == 0
     assert seen_auth and set(seen_auth) == {"Bearer hf_secret"}
     assert (out / "config.json").exists() and (out / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_sharded_sa2va_download_loads(tmp_path):
+    """Sa2VA-8B's layout: shards named by model.safetensors.index.json; the downloaded folder loads."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from models.sa2va import Sa2VA
+    from models.sa2va_tiny import write_tiny_sa2va
+
+    tiny = write_tiny_sa2va(tmp_path / "tiny", "internlm2")
+    checkpoint = HUB_CHECKPOINTS["Sa2VA-8B"]
+    folder = tmp_path / "mirror" / checkpoint.repo / "resolve" / "main"
+    folder.mkdir(parents=True)
+    for filename in checkpoint.files:
+        (folder / filename).write_bytes((tiny / filename).read_bytes())
+    state = load_file(str(tiny / "model.safetensors"))
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, str(folder / name))
+    weight_map = {k: name for name, part in shards.items() for k in part}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "mirror")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "models" / "sa2va" / "Sa2VA-8B"
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["models", "download", "Sa2VA-8B", "--url", url, "--output", str(out)]) == 0
+    finally:
+        server.shutdown()
+    assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(shards)
+    Sa2VA.from_pretrained(out, with_sam=False)

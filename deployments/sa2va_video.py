@@ -1,0 +1,144 @@
+"""`fal-ai/sa2va/{8b,4b}/video`: Sa2VA's answer about a video, with one mask video per [SEG].
+
+Frames are sampled evenly (`num_frames_to_sample`, all by default); the first 5 sampled frames go
+to the language model, as the reference does. Each [SEG] prompts SAM 2 on those key frames, and the
+masks are tracked through every sampled frame with the chunked SAM 2 video pipeline (DESIGN.md):
+frame ranges are encoded ahead on the encoder worker deployment (several replicas in parallel, a
+bounded window ahead) and consumed in order by this deployment's propagator. Masks are resized to
+the video's size and written as one H.264 mask video per [SEG].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from deployments.base import RequestError, RunContext
+from deployments.range_features import LocalCall, RangeFeatures
+from deployments.sa2va_answer import Sa2vaAnswerer, clean_answer
+from deployments.sa2va_schema import Sa2vaVideoInput
+from models.sa2va import Prompt, to_video_size
+from models.sa2va_inputs import sample_frame_indices
+from models.video_io import VideoDecodeError, VideoInfo, probe_video, read_frames_at
+from models.video_masks import FrameMasks
+from models.video_render import render_range
+from serve.output_files import save_output
+
+
+@dataclass
+class VideoJob:
+    data: bytes
+    info: VideoInfo
+    indices: list[int]  # the sampled source frames; SAM 2 sees them as frames 0..n-1
+    prompt: Prompt
+    shared: list | None = field(default=None, repr=False)
+
+    def shared_video(self) -> list:
+        if self.shared is None:
+            import ray
+
+            self.shared = [ray.put(self.data)]
+        return self.shared
+
+
+@dataclass
+class VideoAnswer:
+    text: str
+    masks: list[FrameMasks]  # one per [SEG], one object (id 0) each, frames 0..n-1
+
+
+class Sa2vaVideo(Sa2vaAnswerer):
+    input_model = Sa2vaVideoInput
+
+    def setup(self, model: dict) -> None:
+        super().setup(model)
+        self.prefetch = int(model.get("prefetch", 2))
+        self.encoder_name = model.get("encoder")
+        self.max_frames = int(model.get("max_frames", 10_000))
+        self.max_pixels = int(model.get("max_pixels", 3840 * 2160))
+        self.max_duration_s = float(model.get("max_duration_s", 3600))
+        if self.encoder_name and self.encoder_name not in self.workers:
+            raise ValueError(f"encoder worker {self.encoder_name!r} is not configured for this endpoint")
+
+    async def decode(self, request: Sa2vaVideoInput, ctx: RunContext) -> VideoJob:
+        data, _ = await self.read_input_file("video_url", request.video_url, ctx)
+        try:
+            info = await asyncio.to_thread(probe_video, data)
+        except VideoDecodeError as exc:
+            raise RequestError(["video_url"], str(exc)) from None
+        if info.width * info.height > self.max_pixels:
+            raise RequestError(["video_url"], f"{info.width}x{info.height} video is over the "
+                                              f"{self.max_pixels}-pixel limit", 413)
+        if info.num_frames > self.max_frames:
+            raise RequestError(["video_url"], f"{info.num_frames} frames is over the {self.max_frames}-frame limit", 413)
+        if info.duration > self.max_duration_s:
+            raise RequestError(["video_url"], f"{info.duration:.1f} s is over the {self.max_duration_s:g} s limit", 413)
+        indices = sample_frame_indices(info.num_frames, request.num_frames_to_sample)
+        try:
+            key_frames = await asyncio.to_thread(read_frames_at, data, indices[:5])
+        except VideoDecodeError as exc:
+            raise RequestError(["video_url"], str(exc)) from None
+        prompt = await asyncio.to_thread(self.prepare_prompt, request.prompt, None, list(key_frames))
+        ctx.log(f"video: {info.num_frames} frames, {info.width}x{info.height} at {float(info.fps):.3g} fps; "
+                f"{len(indices)} sampled, {prompt.num_key_frames} to the language model "
+                f"({len(prompt.input_ids)} prompt tokens)")
+        ctx.scratch["loop"] = asyncio.get_running_loop()  # predict() runs in a thread; handles live on this loop
+        # The mask videos have one frame per sampled frame and last as long as the input.
+        ctx.scratch["fps"] = info.fps * Fraction(len(indices), info.num_frames)
+        return VideoJob(data, info, indices, prompt)
+
+    def predict(self, job: VideoJob, ctx: RunContext) -> VideoAnswer:
+        generation = self.answer(job.prompt, ctx)
+        text = clean_answer(generation.text, self.sa2va.stop_words)
+        n_seg = generation.seg_hidden.shape[0]
+        if n_seg == 0:
+            return VideoAnswer(text, [])
+        info, n = job.info, len(job.indices)
+        prop = self.sa2va.propagator(self.sa2va.seg_embeddings(generation), n, job.prompt.num_key_frames,
+                                     self.chunk_size)
+        encode = self._encoder(job, ctx.scratch["loop"])
+        prop.prepare({f: feats for f, feats in zip(prop.prompt_frames, encode(0, len(prop.prompt_frames)).result())})
+        masks = [FrameMasks(info.height, info.width) for _ in range(n_seg)]
+        steps = list(prop.remaining_steps)
+        source = RangeFeatures(encode, [(s.start, s.stop) for s in steps], self.prefetch)
+        try:
+            for number, step in enumerate(steps, 1):
+                ctx.cancel.check()
+                started = time.perf_counter()
+                features = source.next()
+                waited = time.perf_counter() - started
+                for result in prop.run_step(features):
+                    small = to_video_size(result.mask_logits, info.height, info.width) > 0
+                    for s in range(n_seg):
+                        masks[s].add(result.frame_idx, [0], small[s:s + 1].numpy())
+                ctx.log(f"range {number}/{len(steps)}: frames {step.start}-{step.stop - 1} tracked in "
+                        f"{time.perf_counter() - started:.2f} s ({waited:.2f} s waiting for features)")
+        finally:
+            source.cancel()
+        return VideoAnswer(text, masks)
+
+    def _encoder(self, job: VideoJob, loop: asyncio.AbstractEventLoop):
+        """(start, stop) over sampled frames -> pending SAM 2 features: on the workers, or here."""
+        if not self.encoder_name:
+            return lambda start, stop: LocalCall(self.sa2va.encode_frames(read_frames_at(job.data, job.indices[start:stop])))
+        video = job.shared_video()
+        worker = self.workers[self.encoder_name]
+
+        async def call(start: int, stop: int):
+            return await worker.options(_by_reference=True).encode_range.remote(
+                video, start, stop, frame_indices=job.indices[start:stop])
+
+        return lambda start, stop: asyncio.run_coroutine_threadsafe(call(start, stop), loop)
+
+    async def encode(self, answer: VideoAnswer, request: Sa2vaVideoInput, ctx: RunContext) -> dict:
+        files = []
+        for i, masks in enumerate(answer.masks):
+            rendered = await asyncio.to_thread(render_range, None, 0, len(masks), masks, ctx.scratch["fps"], False,
+                                               False, ctx.cancel.check)
+            files.append(await save_output(self.platform.storage, rendered.video, "video/mp4", f"mask_{i}.mp4",
+                                           ctx.job.base_url))
+        return {"output": answer.text, "masks": files}
