@@ -15,15 +15,15 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-import numpy as np
 
 from deployments.base import RequestError, RunContext
+from deployments.video_limits import VideoLimits
 from deployments.range_features import LocalCall, RangeFeatures
 from deployments.sa2va_answer import Sa2vaAnswerer, clean_answer
 from deployments.sa2va_schema import Sa2vaVideoInput
 from models.sa2va import Prompt, to_video_size
 from models.sa2va_inputs import sample_frame_indices
-from models.video_io import VideoDecodeError, VideoInfo, probe_video, read_frames_at
+from models.video_io import VideoDecodeError, VideoInfo, read_frames_at
 from models.video_masks import FrameMasks
 from models.video_render import render_range
 from serve.output_files import save_output
@@ -58,25 +58,13 @@ class Sa2vaVideo(Sa2vaAnswerer):
         super().setup(model)
         self.prefetch = int(model.get("prefetch", 2))
         self.encoder_name = model.get("encoder")
-        self.max_frames = int(model.get("max_frames", 10_000))
-        self.max_pixels = int(model.get("max_pixels", 3840 * 2160))
-        self.max_duration_s = float(model.get("max_duration_s", 3600))
+        self.limits = VideoLimits.from_settings(model)
         if self.encoder_name and self.encoder_name not in self.workers:
             raise ValueError(f"encoder worker {self.encoder_name!r} is not configured for this endpoint")
 
     async def decode(self, request: Sa2vaVideoInput, ctx: RunContext) -> VideoJob:
         data, _ = await self.read_input_file("video_url", request.video_url, ctx)
-        try:
-            info = await asyncio.to_thread(probe_video, data)
-        except VideoDecodeError as exc:
-            raise RequestError(["video_url"], str(exc)) from None
-        if info.width * info.height > self.max_pixels:
-            raise RequestError(["video_url"], f"{info.width}x{info.height} video is over the "
-                                              f"{self.max_pixels}-pixel limit", 413)
-        if info.num_frames > self.max_frames:
-            raise RequestError(["video_url"], f"{info.num_frames} frames is over the {self.max_frames}-frame limit", 413)
-        if info.duration > self.max_duration_s:
-            raise RequestError(["video_url"], f"{info.duration:.1f} s is over the {self.max_duration_s:g} s limit", 413)
+        info = await self.limits.probe(data, "video_url")
         indices = sample_frame_indices(info.num_frames, request.num_frames_to_sample)
         try:
             key_frames = await asyncio.to_thread(read_frames_at, data, indices[:5])

@@ -26,11 +26,12 @@ from PIL import Image as PILImage
 from deployments.base import ModelDeployment, RequestError, RunContext
 from deployments.model_settings import resolve_device, sam2_build_kwargs
 from deployments.range_checkpoint import RangeCheckpoint
+from deployments.video_limits import VideoLimits
 from deployments.range_features import LocalCall, RangeFeatures
 from deployments.sam2_video_schema import Sam2VideoInput, object_prompts
 from models.image_io import ImageDecodeError, decode_image
 from models.sam2_video import Sam2VideoPropagator, encode_frames, load_sam2_video_predictor
-from models.video_io import VideoDecodeError, VideoInfo, probe_video, read_frames
+from models.video_io import VideoInfo, read_frames
 from models.video_masks import BoxFramesZip, FrameMasks
 from models.video_render import RenderedRange, SegmentMismatch, join_segments, render_range
 from serve import job_events
@@ -73,26 +74,14 @@ class Sam2Video(ModelDeployment):
         self.chunk_size = int(model.get("chunk_size", 16))
         self.prefetch = int(model.get("prefetch", 2))
         self.encoder_name = model.get("encoder")
-        self.max_frames = int(model.get("max_frames", 10_000))
-        self.max_pixels = int(model.get("max_pixels", 3840 * 2160))
-        self.max_duration_s = float(model.get("max_duration_s", 3600))
+        self.limits = VideoLimits.from_settings(model)
         if self.encoder_name and self.encoder_name not in self.workers:
             raise ValueError(f"encoder worker {self.encoder_name!r} is not configured for this endpoint")
 
     # ---- decode: read and check the inputs -------------------------------------------------
     async def decode(self, request: Sam2VideoInput, ctx: RunContext) -> VideoJob:
         data, _ = await self.read_input_file("video_url", request.video_url, ctx)
-        try:
-            info = await asyncio.to_thread(probe_video, data)
-        except VideoDecodeError as exc:
-            raise RequestError(["video_url"], str(exc)) from None
-        if info.width * info.height > self.max_pixels:
-            raise RequestError(["video_url"], f"{info.width}x{info.height} video is over the "
-                                              f"{self.max_pixels}-pixel limit", 413)
-        if info.num_frames > self.max_frames:
-            raise RequestError(["video_url"], f"{info.num_frames} frames is over the {self.max_frames}-frame limit", 413)
-        if info.duration > self.max_duration_s:
-            raise RequestError(["video_url"], f"{info.duration:.1f} s is over the {self.max_duration_s:g} s limit", 413)
+        info = await self.limits.probe(data, "video_url")
         mask = None
         if request.mask_url:
             mask_data, _ = await self.read_input_file("mask_url", request.mask_url, ctx)
@@ -107,7 +96,7 @@ class Sam2Video(ModelDeployment):
 
     def _initial_mask(self, data: bytes, info: VideoInfo) -> np.ndarray:
         try:
-            image = decode_image(data, max_pixels=self.max_pixels)
+            image = decode_image(data, max_pixels=self.limits.max_pixels)
         except ImageDecodeError as exc:
             raise RequestError(["mask_url"], str(exc)) from None
         gray = PILImage.fromarray(image).convert("L")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from models.evf_sam2_config import load_weights
-from models.sa2va_config import MAX_KEY_FRAMES, TOKENS_PER_TILE, Sa2vaConfig, read_config
+from models.sa2va_config import TOKENS_PER_TILE, Sa2vaConfig, read_config
 from models.sa2va_inputs import (IMG_CONTEXT, SAM_NORMALISATION, SEG_TOKEN, STOP_WORDS, frame_tiles, image_tiles,
                                  prompt_text, region_token_masks, tiles_to_pixels)
 from models.sa2va_sam2 import build_predictor
@@ -110,7 +110,7 @@ class Sa2VA:
         if region_masks is not None and image is None:
             raise ValueError("region masks (visual prompts) need an image")
         if image is not None:
-            tiles, counts, key_frames = image_tiles(image), None, 1
+            tiles, key_frames = image_tiles(image), 1
             counts = [len(tiles)]
         elif frames is not None:
             if len(frames) == 0:

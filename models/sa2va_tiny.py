@@ -30,8 +30,13 @@ FAMILIES = ("qwen2", "internlm2")
 _SEED = 0
 
 
-def write_tiny_sa2va(out_dir: Path, family: str = "internlm2", name: str | None = None) -> Path:
-    """Write ``out_dir/<name>`` (default ``sa2va-tiny-<family>``); an identical existing one is kept."""
+def write_tiny_sa2va(out_dir: Path, family: str = "internlm2", name: str | None = None,
+                     answer_with_seg: bool = True) -> Path:
+    """Write ``out_dir/<name>`` (default ``sa2va-tiny-<family>``); an identical existing one is kept.
+
+    ``answer_with_seg=False`` leaves the language model fully random: it then rambles until
+    ``max_new_tokens`` (what a tokens/s benchmark wants) and rarely says ``[SEG]``.
+    """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     assets = ASSETS / f"sa2va_tiny_{family}"
@@ -40,13 +45,13 @@ def write_tiny_sa2va(out_dir: Path, family: str = "internlm2", name: str | None 
     def write(folder: Path) -> None:
         for fname, data in files.items():
             (folder / fname).write_bytes(data)
-        _write_weights(folder)
+        _write_weights(folder, answer_with_seg)
 
-    target = Path(out_dir) / (name or f"sa2va-tiny-{family}")
+    target = Path(out_dir) / (name or f"sa2va-tiny-{family}" + ("" if answer_with_seg else "-random"))
     return write_folder_atomically(target, write, lambda t: holds_exactly(t, files, {SAFETENSORS_FILE}))
 
 
-def _write_weights(directory: Path) -> None:
+def _write_weights(directory: Path, answer_with_seg: bool) -> None:
     from safetensors.torch import save_file
 
     from models.sa2va import _prompt_width, build_mllm, build_text_hidden_fcs, load_tokenizer
@@ -64,15 +69,9 @@ def _write_weights(directory: Path) -> None:
         sam_state = sam.state_dict()
         fcs = build_text_hidden_fcs(config, _prompt_width(sam_state))
     with torch.no_grad():
-        embed = mllm.get_input_embeddings().weight
-        head = mllm.lm_head.weight
-        seg, stop = vocab[SEG_TOKEN], vocab["<|im_end|>"]
-        embed[:, 0] += 3.0
-        embed[seg, 1] = 6.0
-        head[seg].zero_()
-        head[seg, 0] = 1.0
-        head[stop].zero_()
-        head[stop, 1] = 2.0
+        if answer_with_seg:
+            _answer_with_seg(mllm.get_input_embeddings().weight, mllm.lm_head.weight, vocab[SEG_TOKEN],
+                             vocab["<|im_end|>"])
         # As in the EVF-SAM2 tiny writer: with the default init the masks hardly depend on the
         # prompt embedding; larger projector and hypernetwork outputs make them do so.
         fcs[2].weight.mul_(8.0)
@@ -82,3 +81,13 @@ def _write_weights(directory: Path) -> None:
     state = join_checkpoint(mllm.state_dict(), sam_state, fcs.state_dict(), config)
     save_file({k: v.contiguous() for k, v in state.items()}, str(directory / SAFETENSORS_FILE),
               metadata={"format": "pt"})
+
+
+def _answer_with_seg(embed: torch.Tensor, head: torch.Tensor, seg: int, stop: int) -> None:
+    """The four rows of the module docstring: every answer is ``[SEG]`` then the stop token."""
+    embed[:, 0] += 3.0
+    embed[seg, 1] = 6.0
+    head[seg].zero_()
+    head[seg, 0] = 1.0
+    head[stop].zero_()
+    head[stop, 1] = 2.0
