@@ -1,4 +1,8 @@
-"""Storage: keys, round trips, signed targets and multipart assembly, on memory:// and a tmp dir."""
+"""Storage: keys, round trips, signed targets and multipart assembly, on memory://, a tmp dir and s3://.
+
+The s3:// runs go to a real S3 API on loopback (moto's server, started here), through s3fs: what
+a cluster's `storage_url: s3://bucket/prefix` does.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,35 @@ from serve.storage import (
 SECRET = b"test-signing-key"
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1, with s3fs pointed at it (as FSSPEC_S3_ENDPOINT_URL does on a cluster)."""
+    import fsspec.config
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    saved = fsspec.config.conf.get("s3")
+    fsspec.config.conf["s3"] = {"endpoint_url": url, "key": "testing", "secret": "testing",
+                                "client_kwargs": {"region_name": "eu-west-1"}}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("visus-test")
+    yield url
+    if saved is None:
+        fsspec.config.conf.pop("s3", None)
+    else:
+        fsspec.config.conf["s3"] = saved
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "local", "s3"])
 def storage(request, tmp_path):
-    if request.param == "memory":
+    if request.param == "s3":
+        request.getfixturevalue("s3_endpoint")
+        yield Storage(f"s3://visus-test/store-{uuid.uuid4().hex}", SECRET)
+    elif request.param == "memory":
         # The memory filesystem is process-global: a unique root keeps tests apart.
         store = Storage(f"memory://visus-test-{uuid.uuid4().hex}", SECRET)
         yield store
