@@ -15,7 +15,7 @@ export VISUS_PORT
 # serve/ray_env.py; the local cluster must start with them.
 RAY_ENV = env $$($(PY) -m serve.ray_env)
 
-.PHONY: install serve stop test bench bench-video bench-text bench-svd loadtest render redis-server k8s
+.PHONY: install serve stop test bench bench-video bench-text bench-svd bench-sa2va loadtest render redis-server k8s
 
 # Some machines cap torch/torchvision through a global pip constraints file at releases below the
 # pins in pyproject.toml; the pins are what Visus is tested with, so the venv ignores that cap.
@@ -79,6 +79,10 @@ bench-text: install
 # QUICK=1: a smoke run (few videos per setting) that only prints.
 bench-svd: install
 	$(PY) loadtests/svd_benchmark.py $(if $(QUICK),--quick)
+
+# QUICK=1: a smoke run (a few pairs) that only prints.
+bench-sa2va: install
+	$(PY) loadtests/sa2va_benchmark.py $(if $(QUICK),--quick)
 
 # Load test against an already running server (`make serve` first, or LOADTEST_HOST=https://...): one
 # steady minute of 6 users over every endpoint family, thresholds set the exit code, reports (CSV, HTML,

@@ -1,1 +1,1 @@
-"""Load tests and benchmarks for Visus: Locust user classes (locustfile.py) and the benchmark driver (benchmark.py)."""
+"""Load tests and benchmarks for Visus: the load test (load/, run_loadtest.py; `make loadtest`), and the benchmarks' Locust user classes (locustfile.py) and drivers (benchmark.py and the *_benchmark.py scripts)."""

@@ -31,13 +31,21 @@ import base64
 import io
 import json
 import os
+import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 from gevent.lock import Semaphore
 from locust import FastHttpUser, constant, events, task
 from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # Locust puts only this file's folder on the path
+    sys.path.insert(0, str(REPO))
+
+from loadtests.load.common import check_json as _check_json  # noqa: E402
 
 API_KEY = os.environ.get("VISUS_API_KEY", "")
 ENDPOINT = os.environ.get("VISUS_ENDPOINT", "fal-ai/sam2/image").strip("/")
@@ -83,21 +91,6 @@ class VisusUser(FastHttpUser):
     default_headers = HEADERS
 
 
-def _check_json(response, *keys: str) -> dict | None:
-    """Mark `response` failed unless it is 200 JSON holding `keys`; return the body when good."""
-    if response.status_code != 200:
-        response.failure(f"HTTP {response.status_code}: {response.text[:200] if response.text else ''}")
-        return None
-    try:
-        body = response.json()
-    except ValueError:
-        response.failure("response is not JSON")
-        return None
-    missing = [k for k in keys if k not in body]
-    if missing:
-        response.failure(f"response lacks {missing}: {str(body)[:200]}")
-        return None
-    return body
 
 
 class SyncRunUser(VisusUser):
