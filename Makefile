@@ -54,8 +54,11 @@ redis-server:
 	else echo "redis-server not found and cannot install it here (needs root and apt-get): install it," \
 	  "or set VISUS_SKIP_REDIS=1 to skip the Redis journal tests"; fi
 
+# The two-node cluster test (tests/integration/test_multinode.py) starts Ray clusters of its own, so it
+# runs in a pytest call of its own, after the suite's session stack is gone.
 test: install redis-server tests/js/node_modules/.package-lock.json
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not multinode"
+	$(PY) -m pytest -m multinode tests/integration/test_multinode.py
 
 render: install
 	$(VENV)/bin/visus config render -o serve_config.yaml

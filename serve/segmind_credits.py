@@ -57,9 +57,12 @@ class CreditLedger:
 def get_credit_ledger(config):
     import ray
 
+    from serve.jobs.client import HEAD_NODE
+
     return (
         ray.remote(CreditLedger)
         .options(name="visus-segmind-credits", namespace=config.queue.namespace, lifetime="detached",
-                 get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=0)
+                 get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=0,
+                 resources=HEAD_NODE)  # its SQLite file lives on the head, like the job journal's
         .remote(str(config.home_path / "segmind_credits.sqlite"))
     )

@@ -108,9 +108,11 @@ def visus(tmp_path_factory) -> Stack:
     config = config.model_copy(update={"endpoints": [_small_deployments(e) for e in config.endpoints]})
     write_tiny_models(config.resolved_model_dir)
     config = config.with_secrets()
-    # A cluster of our own ("local"), never one a developer left running with `make serve`.
+    # A cluster of our own ("local"), never one a developer left running with `make serve`. Its node
+    # address is 127.0.0.2: Ray swaps 127.0.0.1 for the machine's outward address, and the cluster's
+    # own traffic must stay on loopback.
     ray.init(address="local", num_cpus=7, include_dashboard=False, namespace=config.queue.namespace,
-             _node_ip_address="127.0.0.1", log_to_driver=False)
+             _node_ip_address="127.0.0.2", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config, has_gpu=False), name=config.app_name, route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"

@@ -7,6 +7,10 @@ import ray
 from serve.jobs.queue_actor import JobQueue
 
 
+# Ray's own resource of the head node (every head has it, local or KubeRay).
+HEAD_NODE = {"node:__internal_head__": 0.001}
+
+
 def queue_settings(config) -> dict:
     """The plain-data settings the queue actor is built from."""
     return {
@@ -34,6 +38,9 @@ def get_queue_actor(config):
             max_task_retries=-1,
             max_concurrency=10_000,
             num_cpus=0,
+            # On the head node: a worker node may be scaled away or die (taking the actor with it
+            # while its requests wait), and the default SQLite journal is a file of the node it runs on.
+            resources=HEAD_NODE,
         )
         .remote(queue_settings(config))
     )

@@ -74,11 +74,15 @@ class JobQueue:
             return
         self._recovered = True
         for job in self._journal.unfinished():
+            was_running = job.status == "IN_PROGRESS"
             job.status = "IN_QUEUE"
             job.started_at = None
             self._stats["redispatched"] += 1
             self._track(job)
             self._journal.save(job)
+            if was_running:
+                self._add_log(job, job_events.log(
+                    "the job queue restarted while this request ran; dispatching it again", "WARN")["log"])
             self._start(job)
         for job in self._journal.pending_webhooks():
             asyncio.get_running_loop().create_task(self._deliver_webhook(job))

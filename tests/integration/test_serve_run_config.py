@@ -35,13 +35,14 @@ def test_rendered_config_runs_with_serve_run(tmp_path, visus):
     # grounding_dino once, though two endpoints use it (sam-v2-image's own, evf-sam's worker).
     assert sorted(d["name"] for d in app["deployments"]) == sorted([
         "gateway", "fal_ai__sam2__image", "fal_ai__sam2__video", "sam2_video_encoder", "fal_ai__evf_sam",
-        "grounding_dino", "fal_ai__svd"])
+        "grounding_dino", "fal_ai__svd", "fal_ai__sa2va__8b__image", "fal_ai__sa2va__8b__video", "sa2va_8b_encoder",
+        "fal_ai__sa2va__4b__image", "fal_ai__sa2va__4b__video"])
     assert "rendered-key" not in out.read_text()  # secrets stay out of rendered files
     # A CPU cluster could never place a replica asking for a GPU share.
     assert all("num_gpus" not in d["ray_actor_options"] for d in app["deployments"])
     # Options in the file win over the builder's: what an operator edits to fit this small test box.
     for d in app["deployments"]:
-        d["ray_actor_options"]["num_cpus"] = 0.25
+        d["ray_actor_options"]["num_cpus"] = 0.1
     out.write_text(yaml.safe_dump(rendered))
 
     # The application builder runs inside the cluster: it reads secrets from the config's home folder
