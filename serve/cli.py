@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     dl.add_argument("name", help="sam2.1_hiera_tiny | sam2.1_hiera_small | sam2.1_hiera_base_plus | "
                                  "sam2.1_hiera_large | evf-sam2 | evf-sam2-multitask | grounding-dino-tiny | "
                                  "grounding-dino-base | stable-video-diffusion-img2vid(-xt) | "
-                                 "temporal-controlnet-depth-svd-v1 (gated Hub repositories: set HF_TOKEN)")
+                                 "temporal-controlnet-depth-svd-v1 | Sa2VA-1B | Sa2VA-4B | Sa2VA-8B "
+                                 "(gated Hub repositories: set HF_TOKEN)")
     dl.add_argument("--output", help="folder (default: <model dir>/sam2, or <model dir>/<family>/<name> for "
                                      "checkpoint folders)")
     dl.add_argument("--url", help="download from this URL instead (a mirror; for folders: the Hub base URL)")
