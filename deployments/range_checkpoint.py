@@ -7,13 +7,24 @@ and a fingerprint of the inputs keeps a request from resuming from another one's
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import msgpack
+from pydantic import BaseModel
 
 from serve.storage import FileNotFound, Storage
 
 VERSION = 2
+
+
+def input_fingerprint(data: bytes, request: BaseModel, exclude: set[str] = frozenset(), extra: bytes = b"") -> str:
+    """Identifies a job's inputs (the media, the request's fields, anything else that shapes the result):
+    a checkpoint is resumed only by a job with the same ones."""
+    digest = hashlib.sha256(data)
+    digest.update(json.dumps(request.model_dump(mode="json", exclude=set(exclude)), sort_keys=True).encode())
+    digest.update(extra)
+    return digest.hexdigest()
 
 
 class RangeCheckpoint:

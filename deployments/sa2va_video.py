@@ -5,7 +5,9 @@ to the language model, as the reference does. Each [SEG] prompts SAM 2 on those 
 masks are tracked through every sampled frame with the chunked SAM 2 video pipeline (DESIGN.md):
 frame ranges are encoded ahead on the encoder worker deployment (several replicas in parallel, a
 bounded window ahead) and consumed in order by this deployment's propagator. Masks are resized to
-the video's size and written as one H.264 mask video per [SEG].
+the video's size and written as one H.264 mask video per [SEG]. After each range the answer, the
+[SEG] prompts, SAM 2's tracking state and the range's masks go to storage, so a job re-dispatched
+after its replica died resumes after the last finished range, as `fal-ai/sam2/video` does.
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+import msgpack
+import torch
+
 
 from deployments.base import RequestError, RunContext
 from deployments.video_limits import VideoLimits
+from deployments.range_checkpoint import RangeCheckpoint, input_fingerprint
 from deployments.range_features import LocalCall, RangeFeatures
 from deployments.sa2va_answer import Sa2vaAnswerer, clean_answer
 from deployments.sa2va_schema import Sa2vaVideoInput
 from models.sa2va import Prompt, to_video_size
+from models.sam2_video import Sam2VideoPropagator
 from models.sa2va_inputs import sample_frame_indices
 from models.video_io import VideoDecodeError, VideoInfo, read_frames_at
 from models.video_masks import FrameMasks
@@ -35,6 +42,7 @@ class VideoJob:
     info: VideoInfo
     indices: list[int]  # the sampled source frames; SAM 2 sees them as frames 0..n-1
     prompt: Prompt
+    fingerprint: str
     shared: list | None = field(default=None, repr=False)
 
     def shared_video(self) -> list:
@@ -48,7 +56,8 @@ class VideoJob:
 @dataclass
 class VideoAnswer:
     text: str
-    masks: list[FrameMasks]  # one per [SEG], one object (id 0) each, frames 0..n-1
+    masks: FrameMasks  # object s = the s-th [SEG], frames 0..n-1 (the sampled frames)
+    n_seg: int
 
 
 class Sa2vaVideo(Sa2vaAnswerer):
@@ -77,37 +86,56 @@ class Sa2vaVideo(Sa2vaAnswerer):
         ctx.scratch["loop"] = asyncio.get_running_loop()  # predict() runs in a thread; handles live on this loop
         # The mask videos have one frame per sampled frame and last as long as the input.
         ctx.scratch["fps"] = info.fps * Fraction(len(indices), info.num_frames)
-        return VideoJob(data, info, indices, prompt)
+        fingerprint = await asyncio.to_thread(input_fingerprint, data, request)  # hashing a long video takes a while
+        ctx.scratch["job"] = job = VideoJob(data, info, indices, prompt, fingerprint)
+        return job
 
     def predict(self, job: VideoJob, ctx: RunContext) -> VideoAnswer:
-        generation = self.answer(job.prompt, ctx)
-        text = clean_answer(generation.text, self.sa2va.stop_words)
-        n_seg = generation.seg_hidden.shape[0]
-        if n_seg == 0:
-            return VideoAnswer(text, [])
-        info, n = job.info, len(job.indices)
-        prop = self.sa2va.propagator(self.sa2va.seg_embeddings(generation), n, job.prompt.num_key_frames,
-                                     self.chunk_size)
+        info = job.info
+        checkpoint = self._checkpoint(job, ctx)
+        saved = checkpoint.load()
+        masks = FrameMasks(info.height, info.width)  # object s = the s-th [SEG]
+        if saved is not None:
+            state, ranges = saved
+            text, seg, blob = _unpack_state(state)
+            prop = Sam2VideoPropagator.from_state(self.sa2va.predictor, blob)
+            for range_masks in ranges:
+                masks.add_json(range_masks)
+            ctx.log(f"resuming from the checkpoint after range {prop.next_step}/{len(prop.steps)}")
+        else:
+            generation = self.answer(job.prompt, ctx)
+            text = clean_answer(generation.text, self.sa2va.stop_words)
+            if generation.seg_hidden.shape[0] == 0:
+                return VideoAnswer(text, masks, 0)
+            seg = self.sa2va.seg_embeddings(generation)
+            prop = self.sa2va.propagator(seg, len(job.indices), job.prompt.num_key_frames, self.chunk_size)
+        n_seg = seg.shape[0]
         encode = self._encoder(job, ctx.scratch["loop"])
-        prop.prepare({f: feats for f, feats in zip(prop.prompt_frames, encode(0, len(prop.prompt_frames)).result())})
-        masks = [FrameMasks(info.height, info.width) for _ in range(n_seg)]
+        if saved is None:
+            keys = prop.prompt_frames  # the key frames 0..K-1
+            prop.prepare(dict(zip(keys, encode(keys[0], keys[-1] + 1).result())))
         steps = list(prop.remaining_steps)
+        total = ctx.scratch["ranges"] = len(prop.steps)
         source = RangeFeatures(encode, [(s.start, s.stop) for s in steps], self.prefetch)
         try:
-            for number, step in enumerate(steps, 1):
+            for step in steps:
                 ctx.cancel.check()
                 started = time.perf_counter()
                 features = source.next()
                 waited = time.perf_counter() - started
                 for result in prop.run_step(features):
                     small = to_video_size(result.mask_logits, info.height, info.width) > 0
-                    for s in range(n_seg):
-                        masks[s].add(result.frame_idx, [0], small[s:s + 1].numpy())
-                ctx.log(f"range {number}/{len(steps)}: frames {step.start}-{step.stop - 1} tracked in "
+                    masks.add(result.frame_idx, list(range(n_seg)), small.numpy())
+                checkpoint.save(prop.next_step, _pack_state(text, seg, prop.export_state()),
+                                masks.to_json(step.frames))
+                ctx.log(f"range {prop.next_step}/{total}: frames {step.start}-{step.stop - 1} tracked in "
                         f"{time.perf_counter() - started:.2f} s ({waited:.2f} s waiting for features)")
         finally:
             source.cancel()
-        return VideoAnswer(text, masks)
+        return VideoAnswer(text, masks, n_seg)
+
+    def _checkpoint(self, job: VideoJob, ctx: RunContext) -> RangeCheckpoint:
+        return RangeCheckpoint(self.platform.storage, ctx.job.request_id, job.fingerprint)
 
     def _encoder(self, job: VideoJob, loop: asyncio.AbstractEventLoop):
         """(start, stop) over sampled frames -> pending SAM 2 features: on the workers, or here."""
@@ -124,9 +152,25 @@ class Sa2vaVideo(Sa2vaAnswerer):
 
     async def encode(self, answer: VideoAnswer, request: Sa2vaVideoInput, ctx: RunContext) -> dict:
         files = []
-        for i, masks in enumerate(answer.masks):
-            rendered = await asyncio.to_thread(render_range, None, 0, len(masks), masks, ctx.scratch["fps"], False,
+        for s in range(answer.n_seg):
+            single = await asyncio.to_thread(answer.masks.only, s)
+            rendered = await asyncio.to_thread(render_range, None, 0, len(single), single, ctx.scratch["fps"], False,
                                                False, ctx.cancel.check)
-            files.append(await save_output(self.platform.storage, rendered.video, "video/mp4", f"mask_{i}.mp4",
+            files.append(await save_output(self.platform.storage, rendered.video, "video/mp4", f"mask_{s}.mp4",
                                            ctx.job.base_url))
+        if "ranges" in ctx.scratch:
+            await asyncio.to_thread(self._checkpoint(ctx.scratch["job"], ctx).clear, ctx.scratch["ranges"])
         return {"output": answer.text, "masks": files}
+
+
+def _pack_state(text: str, seg: torch.Tensor, propagator_state: bytes) -> bytes:
+    """What a re-dispatched job needs besides the masks: the answer, its [SEG] prompts, SAM 2's state."""
+    seg = seg.detach().float().cpu().contiguous()
+    return msgpack.packb({"text": text, "seg": seg.numpy().tobytes(), "seg_shape": list(seg.shape),
+                          "propagator": propagator_state})
+
+
+def _unpack_state(state: bytes) -> tuple[str, torch.Tensor, bytes]:
+    record = msgpack.unpackb(state)
+    seg = torch.frombuffer(bytearray(record["seg"]), dtype=torch.float32).reshape(record["seg_shape"])
+    return record["text"], seg, record["propagator"]

@@ -12,7 +12,6 @@ parallel and joined without re-encoding; the RLE JSON is written from the masks.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import logging
@@ -25,7 +24,7 @@ from PIL import Image as PILImage
 
 from deployments.base import ModelDeployment, RequestError, RunContext
 from deployments.model_settings import resolve_device, sam2_build_kwargs
-from deployments.range_checkpoint import RangeCheckpoint
+from deployments.range_checkpoint import RangeCheckpoint, input_fingerprint
 from deployments.video_limits import VideoLimits
 from deployments.range_features import LocalCall, RangeFeatures
 from deployments.sam2_video_schema import Sam2VideoInput, object_prompts
@@ -57,12 +56,9 @@ class VideoJob:
 
 
 def _fingerprint(data: bytes, request: Sam2VideoInput, mask: np.ndarray | None) -> str:
-    """Identifies a job's inputs: a checkpoint is resumed only by a job with the same ones."""
-    digest = hashlib.sha256(data)
-    digest.update(json.dumps(request.model_dump(mode="json", exclude={"mask_url"}), sort_keys=True).encode())
-    if mask is not None:
-        digest.update(np.packbits(mask).tobytes())
-    return digest.hexdigest()
+    # The mask file's URL may change between dispatches (a signed URL): its pixels identify it.
+    extra = np.packbits(mask).tobytes() if mask is not None else b""
+    return input_fingerprint(data, request, exclude={"mask_url"}, extra=extra)
 
 
 class Sam2Video(ModelDeployment):

@@ -123,6 +123,14 @@ class FrameMasks:
     def __len__(self) -> int:
         return len(self._frames)
 
+    def only(self, obj_id: int, new_id: int = 0) -> "FrameMasks":
+        """The masks of one object, under ``new_id``, on every frame that has it."""
+        out = FrameMasks(self.height, self.width)
+        for frame_idx, objects in self._frames.items():
+            if obj_id in objects:
+                out._frames[frame_idx] = {int(new_id): objects[obj_id]}  # RLE and box as they are
+        return out
+
     def to_json(self, frames: Iterable[int] | None = None) -> dict:
         """A JSON-ready dict, frames and objects in ascending order; ``frames`` picks a subset."""
         wanted = sorted(self._frames) if frames is None else sorted(int(f) for f in frames if f in self)

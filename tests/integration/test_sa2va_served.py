@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import time
 
 import av
 import numpy as np
@@ -140,3 +141,41 @@ def test_bad_input_is_a_4xx_naming_the_field(visus, picture, video, path, body, 
         # The replica keeps serving.
         ok = http.post("/fal-ai/sa2va/8b/image", json={"prompt": PROMPT, "image_url": data_uri(picture, "image/png")})
         assert ok.status_code == 200
+
+
+def test_killed_video_replica_resumes_from_the_last_finished_range(visus):
+    """As for fal-ai/sam2/video: the re-dispatched job resumes with the answer, the [SEG] prompts and
+    SAM 2's state from storage, and its mask video equals an uninterrupted run's."""
+    import ray
+    from ray.util import list_named_actors
+
+    from tests.integration.test_sam2_video_resume import ranges_done
+
+    body = {"prompt": PROMPT, "video_url": data_uri(lossless_video(moving_squares(18)), "video/quicktime")}
+    with visus.client() as http:
+        submitted = http.post("/queue/fal-ai/sa2va/8b/video", json=body).json()
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            status = http.get(submitted["status_url"], params={"logs": 1}).json()
+            if ranges_done(status.get("logs") or []) >= 2:
+                break
+            assert status["status"] != "COMPLETED", "finished before the kill: make the video longer"
+            time.sleep(0.05)
+        names = [a for a in list_named_actors(all_namespaces=True) if "fal_ai__sa2va__8b__video" in a["name"]]
+        assert len(names) == 1, names
+        ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+
+        status, response = queue_outcome(http, submitted)
+        assert response.status_code == 200, response.text
+        messages = [log["message"] for log in status["logs"]]
+        resumed = [m for m in messages if m.startswith("resuming from the checkpoint after range")]
+        assert resumed and int(resumed[0].split("range ")[1].split("/")[0]) >= 2, messages
+        assert response.json()["output"] == "[SEG]"
+        interrupted, _ = fetch_mp4(http, response.json()["masks"][0]["url"])
+
+        again = http.post("/queue/fal-ai/sa2va/8b/video", json=body).json()
+        _, clean = queue_outcome(http, again)
+        assert clean.status_code == 200
+        uninterrupted, _ = fetch_mp4(http, clean.json()["masks"][0]["url"])
+    assert interrupted.shape == uninterrupted.shape == (18, 48, 64)
+    assert np.array_equal(interrupted > 127, uninterrupted > 127)

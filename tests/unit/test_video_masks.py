@@ -137,3 +137,16 @@ def test_box_frames_zip(tmp_path):
     z.close()
     z.close()
     assert zipfile.ZipFile(path).namelist() == ["frame_000001.jpg"]
+
+
+def test_only_keeps_one_object_under_a_new_id():
+    store = FrameMasks(4, 5)
+    a = np.zeros((4, 5), bool)
+    a[1:3, 1:4] = True
+    b = ~a
+    store.add(0, [3, 7], np.stack([a, b]))
+    store.add(2, [7], b[None])
+    only = store.only(7)
+    assert len(only) == 2 and only.to_json()["frames"][0]["objects"][0]["object_id"] == 0
+    assert np.array_equal(only.get(0)[0], b) and np.array_equal(only.get(2)[0], b)
+    assert len(store.only(3)) == 1 and np.array_equal(store.only(3, new_id=5).get(0)[5], a)
