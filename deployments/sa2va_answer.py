@@ -16,7 +16,7 @@ import numpy as np
 
 from deployments.base import ModelDeployment, RequestError, RunContext
 from deployments.model_settings import resolve_device
-from models.sa2va import Generation, Prompt, PromptTooLong, Sa2VA
+from models.sa2va import Generation, Prompt, Sa2VA
 from serve import job_events
 
 STREAM_INTERVAL_S = 0.01
@@ -28,13 +28,9 @@ class Sa2vaAnswerer(ModelDeployment):
         check_gpu_memory(device, model.get("gpu_memory_gb"))
         # bf16 where it pays off, on a GPU; the CPU stays fp32 (the parity-checked path).
         dtype = model.get("dtype", "bfloat16") if device != "cpu" else "float32"
-        self.sa2va = Sa2VA.from_pretrained(model["checkpoint"], device=device, dtype=dtype,
-                                           with_sam=self.loads_sam(model))
+        self.sa2va = Sa2VA.from_pretrained(model["checkpoint"], device=device, dtype=dtype)
         self.max_new_tokens = int(model.get("max_new_tokens", 2048))
         self.chunk_size = int(model.get("chunk_size", 16))
-
-    def loads_sam(self, model: dict) -> bool:
-        return True
 
     @staticmethod
     def _send(ctx: RunContext, text: str, sent: str) -> str:
@@ -46,9 +42,7 @@ class Sa2vaAnswerer(ModelDeployment):
                        frames: Sequence[np.ndarray] | None = None) -> Prompt:
         try:
             return self.sa2va.prepare(text, image=image, frames=frames)
-        except PromptTooLong as exc:
-            raise RequestError(["prompt"], str(exc)) from None
-        except ValueError as exc:
+        except ValueError as exc:  # PromptTooLong, or a prompt holding the image-context token
             raise RequestError(["prompt"], str(exc)) from None
 
     def answer(self, prompt: Prompt, ctx: RunContext) -> Generation:

@@ -13,7 +13,6 @@ after its replica died resumes after the last finished range, as `fal-ai/sam2/vi
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -24,7 +23,8 @@ import torch
 from deployments.base import RequestError, RunContext
 from deployments.video_limits import VideoLimits
 from deployments.range_checkpoint import RangeCheckpoint, input_fingerprint
-from deployments.range_features import LocalCall, RangeFeatures
+from deployments.range_features import LocalCall, encoder_worker_name, remote_encoder
+from deployments.range_tracking import track_ranges
 from deployments.sa2va_answer import Sa2vaAnswerer, clean_answer
 from deployments.sa2va_schema import Sa2vaVideoInput
 from models.sa2va import Prompt, to_video_size
@@ -66,10 +66,8 @@ class Sa2vaVideo(Sa2vaAnswerer):
     def setup(self, model: dict) -> None:
         super().setup(model)
         self.prefetch = int(model.get("prefetch", 2))
-        self.encoder_name = model.get("encoder")
+        self.encoder_name = encoder_worker_name(model, self.workers)
         self.limits = VideoLimits.from_settings(model)
-        if self.encoder_name and self.encoder_name not in self.workers:
-            raise ValueError(f"encoder worker {self.encoder_name!r} is not configured for this endpoint")
 
     async def decode(self, request: Sa2vaVideoInput, ctx: RunContext) -> VideoJob:
         data, _ = await self.read_input_file("video_url", request.video_url, ctx)
@@ -111,27 +109,18 @@ class Sa2vaVideo(Sa2vaAnswerer):
             prop = self.sa2va.propagator(seg, len(job.indices), job.prompt.num_key_frames, self.chunk_size)
         n_seg = seg.shape[0]
         encode = self._encoder(job, ctx.scratch["loop"])
+        known = {}
         if saved is None:
             keys = prop.prompt_frames  # the key frames 0..K-1
-            prop.prepare(dict(zip(keys, encode(keys[0], keys[-1] + 1).result())))
-        steps = list(prop.remaining_steps)
-        total = ctx.scratch["ranges"] = len(prop.steps)
-        source = RangeFeatures(encode, [(s.start, s.stop) for s in steps], self.prefetch)
-        try:
-            for step in steps:
-                ctx.cancel.check()
-                started = time.perf_counter()
-                features = source.next()
-                waited = time.perf_counter() - started
-                for result in prop.run_step(features):
-                    small = to_video_size(result.mask_logits, info.height, info.width) > 0
-                    masks.add(result.frame_idx, list(range(n_seg)), small.numpy())
-                checkpoint.save(prop.next_step, _pack_state(text, seg, prop.export_state()),
-                                masks.to_json(step.frames))
-                ctx.log(f"range {prop.next_step}/{total}: frames {step.start}-{step.stop - 1} tracked in "
-                        f"{time.perf_counter() - started:.2f} s ({waited:.2f} s waiting for features)")
-        finally:
-            source.cancel()
+            known = dict(zip(keys, encode(keys[0], keys[-1] + 1).result()))
+            prop.prepare(known)
+
+        def on_result(result) -> None:
+            small = to_video_size(result.mask_logits, info.height, info.width) > 0
+            masks.add(result.frame_idx, list(range(n_seg)), small.numpy())
+
+        track_ranges(prop, encode, self.prefetch, checkpoint, masks, ctx, on_result,
+                     lambda p: _pack_state(text, seg, p.export_state()), known)
         return VideoAnswer(text, masks, n_seg)
 
     def _checkpoint(self, job: VideoJob, ctx: RunContext) -> RangeCheckpoint:
@@ -141,14 +130,7 @@ class Sa2vaVideo(Sa2vaAnswerer):
         """(start, stop) over sampled frames -> pending SAM 2 features: on the workers, or here."""
         if not self.encoder_name:
             return lambda start, stop: LocalCall(self.sa2va.encode_frames(read_frames_at(job.data, job.indices[start:stop])))
-        video = job.shared_video()
-        worker = self.workers[self.encoder_name]
-
-        async def call(start: int, stop: int):
-            return await worker.options(_by_reference=True).encode_range.remote(
-                video, start, stop, frame_indices=job.indices[start:stop])
-
-        return lambda start, stop: asyncio.run_coroutine_threadsafe(call(start, stop), loop)
+        return remote_encoder(self.workers[self.encoder_name], job.shared_video(), loop, job.indices)
 
     async def encode(self, answer: VideoAnswer, request: Sa2vaVideoInput, ctx: RunContext) -> dict:
         files = []

@@ -26,7 +26,8 @@ from deployments.base import ModelDeployment, RequestError, RunContext
 from deployments.model_settings import resolve_device, sam2_build_kwargs
 from deployments.range_checkpoint import RangeCheckpoint, input_fingerprint
 from deployments.video_limits import VideoLimits
-from deployments.range_features import LocalCall, RangeFeatures
+from deployments.range_features import LocalCall, encoder_worker_name, remote_encoder
+from deployments.range_tracking import track_ranges
 from deployments.sam2_video_schema import Sam2VideoInput, object_prompts
 from models.image_io import ImageDecodeError, decode_image
 from models.sam2_video import Sam2VideoPropagator, encode_frames, load_sam2_video_predictor
@@ -69,10 +70,8 @@ class Sam2Video(ModelDeployment):
                                                    **sam2_build_kwargs(model))
         self.chunk_size = int(model.get("chunk_size", 16))
         self.prefetch = int(model.get("prefetch", 2))
-        self.encoder_name = model.get("encoder")
+        self.encoder_name = encoder_worker_name(model, self.workers)
         self.limits = VideoLimits.from_settings(model)
-        if self.encoder_name and self.encoder_name not in self.workers:
-            raise ValueError(f"encoder worker {self.encoder_name!r} is not configured for this endpoint")
 
     # ---- decode: read and check the inputs -------------------------------------------------
     async def decode(self, request: Sam2VideoInput, ctx: RunContext) -> VideoJob:
@@ -116,29 +115,20 @@ class Sam2Video(ModelDeployment):
             for range_masks in ranges:
                 masks.add_json(range_masks)
             ctx.log(f"resuming from the checkpoint after range {prop.next_step}/{len(prop.steps)}")
-        else:
+        known = {}
+        if saved is None:
             prop = Sam2VideoPropagator(self.predictor, info.num_frames, info.height, info.width, job.prompts,
                                        self.chunk_size)
             calls = {f: encode(f, f + 1) for f in prop.prompt_frames}
-            prop.prepare({f: call.result()[0] for f, call in calls.items()})
-        steps = list(prop.remaining_steps)
-        source = RangeFeatures(encode, [(s.start, s.stop) for s in steps], self.prefetch)
-        total = ctx.scratch["ranges"] = len(prop.steps)
-        try:
-            for step in steps:
-                ctx.cancel.check()
-                started = time.perf_counter()
-                features = source.next()
-                waited = time.perf_counter() - started
-                for result in prop.run_step(features):
-                    masks.add(result.frame_idx, result.obj_ids, result.masks())
-                    ctx.emit(job_events.data(self._frame_event(result.frame_idx, result.obj_ids, masks)))
-                checkpoint.save(prop.next_step, prop.export_state(), masks.to_json(step.frames))
-                direction = "backward" if step.reverse else "forward"
-                ctx.log(f"range {prop.next_step}/{total}: frames {step.start}-{step.stop - 1} {direction} in "
-                        f"{time.perf_counter() - started:.2f} s ({waited:.2f} s waiting for features)")
-        finally:
-            source.cancel()
+            known = {f: call.result()[0] for f, call in calls.items()}
+            prop.prepare(known)
+
+        def on_result(result) -> None:
+            masks.add(result.frame_idx, result.obj_ids, result.masks())
+            ctx.emit(job_events.data(self._frame_event(result.frame_idx, result.obj_ids, masks)))
+
+        track_ranges(prop, encode, self.prefetch, checkpoint, masks, ctx, on_result,
+                     lambda p: p.export_state(), known)
         return masks
 
     @staticmethod
@@ -151,15 +141,7 @@ class Sam2Video(ModelDeployment):
         """(start, stop) -> pending features: on the encoder workers, or in this process when none."""
         if not self.encoder_name:
             return lambda start, stop: LocalCall(encode_frames(self.predictor, read_frames(job.data, start, stop)))
-        video = job.shared_video()
-        worker = self.workers[self.encoder_name]
-
-        async def call(start: int, stop: int):
-            # By reference: features come through the object store, not the replica RPC channel.
-            return await worker.options(_by_reference=True).encode_range.remote(video, start, stop)
-
-        # Serve handles must be used from the replica's event loop, not from predict()'s thread.
-        return lambda start, stop: asyncio.run_coroutine_threadsafe(call(start, stop), loop)
+        return remote_encoder(self.workers[self.encoder_name], job.shared_video(), loop)
 
     def _checkpoint(self, job: VideoJob, ctx: RunContext) -> RangeCheckpoint:
         return RangeCheckpoint(self.platform.storage, ctx.job.request_id, job.fingerprint)

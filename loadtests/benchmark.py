@@ -638,17 +638,50 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), {mem:.0f} GiB, no GPU"
 
 
-# ---------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorten every phase (smoke run); prints only")
+def benchmark_arguments(description: str, quick_help: str = "shorten every phase (smoke run); prints only",
+                        keep_what: str = "checkpoints, homes") -> argparse.ArgumentParser:
+    """The options every benchmark script takes: --quick, --output, --keep."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--output", type=Path, default=None,
                         help="markdown file to rewrite the section of (default: BENCHMARKS.md, unless --quick)")
+    parser.add_argument("--keep", action="store_true", help=f"keep the temp folder ({keep_what})")
+    return parser
+
+
+def output_file(args: argparse.Namespace) -> Path | None:
+    """Where the results go: --output, else BENCHMARKS.md, except for a --quick smoke run."""
+    return args.output or (None if args.quick else BENCHMARKS_MD)
+
+
+def publish(table: str, record: dict, results_dir: Path, output: Path | None, start: str, end: str,
+            intro: str | None = None, after: str | None = None) -> None:
+    """Print the section, keep the raw figures (`record`) as results.json, rewrite the section in `output`."""
+    print()
+    print(table)
+    (results_dir / "results.json").write_text(json.dumps(record, indent=2))
+    if output is not None:
+        write_section(output, table, start, end, intro=intro, after=after)
+        print(f"wrote {output}")
+
+
+def tidy(keep: bool, work: Path, remove: list[Path], kept: str) -> None:
+    """Remove the bulky parts of the work folder (checkpoints, homes) unless --keep."""
+    if keep:
+        print(f"kept {work}")
+        return
+    for path in remove:
+        shutil.rmtree(path, ignore_errors=True)
+    print(kept)
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = benchmark_arguments(__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["micro", "hiera_t@256"], help="benchmark one checkpoint only")
-    parser.add_argument("--keep", action="store_true", help="keep the temp folder (checkpoints, homes)")
     args = parser.parse_args(argv)
     durations = QUICK if args.quick else FULL
-    output = args.output or (None if args.quick else BENCHMARKS_MD)
+    output = output_file(args)
 
     started = time.perf_counter()
     load_start = loadavg()
@@ -683,20 +716,8 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "quick": args.quick,
             "load_start": load_start, "load_end": loadavg(), "wall_s": time.perf_counter() - started}
-    table = markdown(results, meta)
-    print()
-    print(table)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    if output is not None:
-        write_section(output, table)
-        print(f"wrote {output}")
-    if args.keep:
-        print(f"kept {work}")
-    else:
-        shutil.rmtree(work / "models", ignore_errors=True)
-        for home in work.glob("home-*"):
-            shutil.rmtree(home, ignore_errors=True)
-        print(f"Locust CSVs and results.json kept in {out}")
+    publish(markdown(results, meta), {"meta": meta, "results": results}, out, output, MARK_START, MARK_END)
+    tidy(args.keep, work, [work / "models", *work.glob("home-*")], f"Locust CSVs and results.json kept in {out}")
     return 0
 
 

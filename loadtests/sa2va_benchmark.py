@@ -22,10 +22,10 @@ Not measured here: the real-size Sa2VA-8B in bf16 on a GPU (no GPU machine was l
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -37,11 +37,13 @@ if str(REPO) not in sys.path:
 
 from loadtests.benchmark import (  # noqa: E402  (needs REPO on sys.path)
     API_KEY,
+    benchmark_arguments,
     free_port,
     isolate_ray_ports,
     loadavg,
     machine,
     pct,
+    output_file,
     start_ray,
     write_section,
 )
@@ -49,7 +51,6 @@ from loadtests.benchmark import (  # noqa: E402  (needs REPO on sys.path)
 MARK_START = "<!-- bench:sa2va:start -->"
 MARK_END = "<!-- bench:sa2va:end -->"
 AFTER = "<!-- bench:svd:end -->"
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 ENDPOINT = "fal-ai/sa2va/8b/image"
 PROMPT = "Describe the picture."
 MAX_NEW_TOKENS = 128
@@ -171,12 +172,9 @@ def markdown(direct: list[dict], served: list[dict], meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few pairs; prints only")
-    parser.add_argument("--output", type=Path, default=None, help="markdown file (default BENCHMARKS.md)")
-    args = parser.parse_args(argv)
+    args = benchmark_arguments(__doc__.split("\n\n")[0], "a few pairs; prints only", "checkpoint, home").parse_args(argv)
     pairs = 5 if args.quick else 30
-    output = args.output or (None if args.quick else BENCHMARKS_MD)
+    output = output_file(args)
     load_before = loadavg()
     work = Path(tempfile.mkdtemp(prefix="visus-sa2va-bench-"))
 
@@ -218,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"served {served[-1]['ttft'] * 1000:.0f} ms / {served[-1]['rate']:.0f} tok/s", flush=True)
     finally:
         ray.shutdown()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "load": f"{load_before} / {loadavg()}",
             "pairs": pairs}
     text = markdown(direct, served, meta)

@@ -36,12 +36,10 @@ loadtests/benchmark.py's and loadtests/text_seg_benchmark.py's. Only this run's 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import io
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -440,14 +438,9 @@ tiny architecture and of the serving path around it, not of real SVD.
 
 # ---------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorten every phase (smoke run); prints only")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="markdown file to rewrite the section of (default: BENCHMARKS.md, unless --quick)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp folder (checkpoints, home)")
-    args = parser.parse_args(argv)
+    args = bench.benchmark_arguments(__doc__.split("\n\n")[0], keep_what="checkpoints, home").parse_args(argv)
     plan = QUICK if args.quick else FULL
-    output = args.output or (None if args.quick else bench.BENCHMARKS_MD)
+    output = bench.output_file(args)
 
     started = time.perf_counter()
     load_start = loadavg()
@@ -510,19 +503,9 @@ def main(argv: list[str] | None = None) -> int:
             "width": direct.generator.width, "height": direct.generator.height,
             "chunk": direct.generator.decode_chunk_size, "fps": direct.fps, "image": f"{width}x{height}",
             "zip_kb": len(inputs.maps) / 1000, "same": same}
-    table = markdown(results, meta)
-    print()
-    print(table)
-    (work / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    if output is not None:
-        bench.write_section(output, table, MARK_START, MARK_END, intro=SECTION_INTRO, after=TEXT_SEG_MARK_END)
-        print(f"wrote {output}")
-    if args.keep:
-        print(f"kept {work}")
-    else:
-        shutil.rmtree(model_dir, ignore_errors=True)
-        shutil.rmtree(work / "home", ignore_errors=True)
-        print(f"results.json kept in {work}")
+    bench.publish(markdown(results, meta), {"meta": meta, "results": results}, work, output, MARK_START, MARK_END,
+                  intro=SECTION_INTRO, after=TEXT_SEG_MARK_END)
+    bench.tidy(args.keep, work, [model_dir, work / "home"], f"results.json kept in {work}")
     return 0
 
 

@@ -32,13 +32,11 @@ Only this run's own cluster is shut down at the end.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -541,14 +539,9 @@ tiny architectures, not of the real checkpoints.
 
 # ---------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorten every phase (smoke run); prints only")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="markdown file to rewrite the section of (default: BENCHMARKS.md, unless --quick)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp folder (checkpoints, home)")
-    args = parser.parse_args(argv)
+    args = bench.benchmark_arguments(__doc__.split("\n\n")[0], keep_what="checkpoints, home").parse_args(argv)
     plan = QUICK if args.quick else FULL
-    output = args.output or (None if args.quick else bench.BENCHMARKS_MD)
+    output = bench.output_file(args)
 
     started = time.perf_counter()
     load_start = loadavg()
@@ -605,19 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "quick": args.quick,
             "load_start": load_start, "load_end": loadavg(), "wall_s": time.perf_counter() - started,
             "width": width, "height": height, "png_kb": len(png) / 1000, "boxes": direct.boxes, "same": same}
-    table = markdown(results, meta)
-    print()
-    print(table)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    if output is not None:
-        bench.write_section(output, table, MARK_START, MARK_END, intro=SECTION_INTRO, after=VIDEO_MARK_END)
-        print(f"wrote {output}")
-    if args.keep:
-        print(f"kept {work}")
-    else:
-        shutil.rmtree(model_dir, ignore_errors=True)
-        shutil.rmtree(work / "home", ignore_errors=True)
-        print(f"Locust CSVs and results.json kept in {out}")
+    bench.publish(markdown(results, meta), {"meta": meta, "results": results}, out, output, MARK_START, MARK_END,
+                  intro=SECTION_INTRO, after=VIDEO_MARK_END)
+    bench.tidy(args.keep, work, [model_dir, work / "home"], f"Locust CSVs and results.json kept in {out}")
     return 0
 
 

@@ -574,13 +574,10 @@ def speed_clip(plan: Plan, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short video, small frame counts (smoke run); prints only")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="markdown file to rewrite the section of (default: BENCHMARKS.md, unless --quick)")
+    parser = bench.benchmark_arguments(__doc__.split("\n\n")[0], "short video, small frame counts (smoke run); prints only",
+                                       "videos, checkpoints, homes")
     parser.add_argument("--only", choices=["micro", "hiera_t@256"], help="benchmark one checkpoint only")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the peak RSS runs")
-    parser.add_argument("--keep", action="store_true", help="keep the temp folder (videos, checkpoints, homes)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one measurement in a fresh process
     args = parser.parse_args(argv)
     if args.child:
@@ -589,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     plan = QUICK if args.quick else FULL
-    output = args.output or (None if args.quick else bench.BENCHMARKS_MD)
+    output = bench.output_file(args)
     started = time.perf_counter()
     load_start = loadavg()
     work = Path(tempfile.mkdtemp(prefix="visus-video-bench-"))
@@ -638,21 +635,11 @@ def main(argv: list[str] | None = None) -> int:
             "frames": plan.frames, "width": plan.width, "height": plan.height, "chunk": chunk, "prefetch": prefetch,
             "memory_size": plan.memory_size}
     table = markdown(results, memory, meta)
-    print()
-    print(table)
     for r in results:
         r["checkpoint"] = str(r["checkpoint"])
-    (work / "results.json").write_text(json.dumps({"meta": meta, "results": results, "memory": memory}, indent=2))
-    if output is not None:
-        bench.write_section(output, table, MARK_START, MARK_END)
-        print(f"wrote {output}")
-    if args.keep:
-        print(f"kept {work}")
-    else:
-        shutil.rmtree(work / "models", ignore_errors=True)
-        for path in [*work.glob("home-*"), *work.glob("*-jpg")]:
-            shutil.rmtree(path, ignore_errors=True)
-        print(f"results.json and the child logs kept in {work}")
+    bench.publish(table, {"meta": meta, "results": results, "memory": memory}, work, output, MARK_START, MARK_END)
+    bench.tidy(args.keep, work, [work / "models", *work.glob("home-*"), *work.glob("*-jpg")],
+               f"results.json and the child logs kept in {work}")
     return 0
 
 

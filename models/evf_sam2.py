@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.evf_sam2_config import EvfSam2Config, load_weights, read_config
+from models.checkpoint_dir import load_state_strict, load_weights
+from models.evf_sam2_config import EvfSam2Config, read_config
 from models.image_io import check_rgb_image
 from models.sam2_embedded import rebuild_sam_heads
 
@@ -137,33 +138,7 @@ def load_strict(
     Stored dtypes may differ from the module's (real checkpoints mix fp16 and fp32); they are
     cast to the module's on copy. Raises ``ValueError`` naming the offending keys.
     """
-    state = checkpoint_to_module_keys(state)
-    expected = net.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    extra = sorted(state.keys() - expected.keys())
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(expected.keys() & state.keys())
-        if state[k].shape != expected[k].shape
-    ]
-    if missing or extra or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_head(missing)}")
-        if extra:
-            parts.append(f"{len(extra)} unexpected key(s): {_head(extra)}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es): {_head(shapes)}")
-        raise ValueError(f"{source} does not match the EVF-SAM2 architecture: " + "; ".join(parts))
-    # Meta tensors get memory of their own first, and load_state_dict copies into it. Adopting
-    # the loaded tensors (assign=True) would keep views into the file's buffer at arbitrary
-    # offsets, and misaligned weights change the CPU kernels' summation order: the numbers
-    # would then depend on the file layout (1e-5 level).
-    for module in net.modules():
-        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-        if any(t.is_meta for t in own):
-            module.to_empty(device="cpu", recurse=False)
-    net.load_state_dict(state, strict=True)
+    load_state_strict(net, checkpoint_to_module_keys(state), f"{source} does not match the EVF-SAM2 architecture")
 
 
 class EvfSam2:
@@ -451,8 +426,3 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if key not in _DTYPES:
         raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
     return _DTYPES[key]
-
-
-def _head(items: list[str], n: int = 8) -> str:
-    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
-

@@ -1,21 +1,20 @@
-"""Read an EVF-SAM2 checkpoint directory: its architecture (config.json) and its weights.
+"""Read an EVF-SAM2 checkpoint directory's architecture: config.json (and tiny_hparams.json).
 
 The official directories (``YxZhang/evf-sam2``, ``YxZhang/evf-sam2-multitask``) hold a
 ``config.json`` with ``model_type: evf``, the weights as one ``model.safetensors`` or as shards
 with a ``model.safetensors.index.json``, and the XLM-R tokenizer files. ``config.json`` names only
 the size *families* (``mm_extractor_scale``, ``sam_scale``); the sizes of each family are fixed
-here. Test checkpoints with other sizes add a ``tiny_hparams.json`` (the format of the parity pack,
+here (the weights load with ``models.checkpoint_dir``). Test checkpoints with other sizes add a
+``tiny_hparams.json`` (the format of the parity pack,
 ``tests/parity/evf_sam2``) that replaces them (models.md 2.3, 2.10).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from models.checkpoint_dir import read_json_object
 from models.sam2_embedded import SamHeadConfig, heads_from_hparams, sam2_config_name
 
 # BEiT-3 flags shared by every EVF size (BEiT-3's own _get_{base,large}_config).
@@ -48,8 +47,6 @@ _SAM21_ONLY_KEY = "visual_model.no_obj_embed_spatial"
 
 TINY_HPARAMS_FILE = "tiny_hparams.json"
 TINY_HPARAMS_FORMAT = "evf_sam2_tiny_hparams/v1"
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,7 @@ def read_config(directory: str | Path, checkpoint_keys: set[str] | None = None) 
     2.1 config of the same size); without it SAM 2.0 is assumed, as upstream does.
     """
     directory = Path(directory)
-    cfg = _read_json(directory / "config.json")
+    cfg = read_json_object(directory / "config.json")
     if cfg.get("model_type") != "evf":
         raise ValueError(
             f"{directory / 'config.json'} has model_type={cfg.get('model_type')!r}; "
@@ -109,7 +106,7 @@ def _from_scales(cfg: dict) -> tuple[dict, str, list[str], SamHeadConfig]:
 
 
 def _from_tiny_hparams(path: Path) -> tuple[dict, str, list[str], SamHeadConfig]:
-    hp = _read_json(path)
+    hp = read_json_object(path)
     if hp.get("format") != TINY_HPARAMS_FORMAT:
         raise ValueError(
             f"{path}: expected format {TINY_HPARAMS_FORMAT!r}, got {hp.get('format')!r}"
@@ -128,60 +125,8 @@ def _from_tiny_hparams(path: Path) -> tuple[dict, str, list[str], SamHeadConfig]
     return beit3, sam2_config, overrides, heads
 
 
-def weight_files(directory: str | Path) -> list[Path]:
-    """The safetensors file(s) of ``directory``: one file, or the shards its index lists."""
-    directory = Path(directory)
-    index = directory / SAFETENSORS_INDEX_FILE
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index} has no 'weight_map'")
-        files = [directory / name for name in sorted(set(weight_map.values()))]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(f"shards listed in {index.name} are missing: {missing}")
-        return files
-    single = directory / SAFETENSORS_FILE
-    if single.is_file():
-        return [single]
-    raise FileNotFoundError(
-        f"no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX_FILE} in {directory}"
-    )
-
-
-def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of the checkpoint in ``directory``, on CPU, in their stored dtypes."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    state: dict[str, torch.Tensor] = {}
-    for path in weight_files(directory):
-        shard = load_file(str(path), device="cpu")
-        repeated = state.keys() & shard.keys()
-        if repeated:
-            raise ValueError(f"{path.name} repeats keys of another shard: {sorted(repeated)[:5]}")
-        state.update(shard)
-
-    index = directory / SAFETENSORS_INDEX_FILE
-    if index.is_file():
-        listed = set(_read_json(index)["weight_map"])
-        if listed != state.keys():
-            diff = sorted(listed ^ state.keys())[:5]
-            raise ValueError(f"{index.name} and the shards disagree on the key set, e.g. {diff}")
-    return state
-
-
 def _positive_int(cfg: dict, key: str) -> int:
     value = cfg.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"config.json {key} must be a positive int, got {value!r}")
     return value
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return data

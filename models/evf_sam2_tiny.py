@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from models.atomic_folder import holds_exactly, write_folder_atomically
+from models.checkpoint_dir import SAFETENSORS_FILE
 from models.evf_sam2_config import (
-    SAFETENSORS_FILE,
     TINY_HPARAMS_FILE,
     TINY_HPARAMS_FORMAT,
     read_config,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.evf_sam2_config import load_weights
+from models.checkpoint_dir import load_state_strict, load_weights, weight_files
 from models.sa2va_config import TOKENS_PER_TILE, Sa2vaConfig, read_config
 from models.sa2va_inputs import (IMG_CONTEXT, SAM_NORMALISATION, SEG_TOKEN, STOP_WORDS, frame_tiles, image_tiles,
                                  prompt_text, region_token_masks, tiles_to_pixels)
@@ -90,7 +90,8 @@ class Sa2VA:
             raise FileNotFoundError(f"Sa2VA checkpoint directory not found: {directory}")
         config = read_config(directory)
         mllm_state, sam_state, fcs_state = split_checkpoint(load_weights(directory), config)
-        mllm = build_mllm(config, _token_id(load_tokenizer(directory, config), IMG_CONTEXT))
+        tokenizer = load_tokenizer(directory, config)
+        mllm = build_mllm(config, _token_id(tokenizer, IMG_CONTEXT))
         _load_strict(mllm, mllm_state, "language/vision model", directory)
         fcs = build_text_hidden_fcs(config, _prompt_width(sam_state))
         _load_strict(fcs, fcs_state, "text_hidden_fcs", directory)
@@ -98,7 +99,7 @@ class Sa2VA:
         if with_sam:
             predictor = build_predictor(config)
             _load_strict(predictor, sam_state, "grounding SAM 2", directory)
-        return cls(mllm, fcs, predictor, load_tokenizer(directory, config), config, device, _as_dtype(dtype))
+        return cls(mllm, fcs, predictor, tokenizer, config, device, _as_dtype(dtype))
 
     # ---- prompt ---------------------------------------------------------------------------------
 
@@ -289,7 +290,6 @@ def load_grounding_predictor(directory: str | Path, device: str | torch.device =
     """
     from safetensors import safe_open
 
-    from models.evf_sam2_config import weight_files
     from models.sa2va_weights import SAM_PREFIX
 
     directory = Path(directory)
@@ -352,22 +352,7 @@ def _prompt_width(sam_state: dict[str, torch.Tensor]) -> int:
 
 
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source) -> None:
-    expected = module.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    extra = sorted(state.keys() - expected.keys())
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(expected.keys() & state.keys())
-              if state[k].shape != expected[k].shape]
-    if missing or extra or shapes:
-        raise ValueError(f"{source}: the {what} weights do not match its architecture: "
-                         f"missing {missing[:5]}, unexpected {extra[:5]}, shapes {shapes[:5]}")
-    for sub in module.modules():
-        own = [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]
-        if any(t.is_meta for t in own):
-            sub.to_empty(device="cpu", recurse=False)
-    module.load_state_dict(state, strict=True)
-    for name, buf in module.named_buffers():
-        if buf.is_meta:
-            raise ValueError(f"{source}: buffer {name} of the {what} was never initialised")
+    load_state_strict(module, state, f"{source}: the {what} weights do not match its architecture")
 
 
 def _token_id(tokenizer, token: str) -> int:

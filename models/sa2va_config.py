@@ -10,11 +10,11 @@ a ``tiny_hparams.json`` (the parity packs' format).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from models.checkpoint_dir import read_json_object
 from models.sam2_embedded import SamHeadConfig, heads_from_hparams, sam2_config_name
 
 LlmFamily = Literal["qwen2", "internlm2"]
@@ -48,7 +48,7 @@ class Sa2vaConfig:
 
 def read_config(directory: str | Path) -> Sa2vaConfig:
     directory = Path(directory)
-    cfg = _read_json(directory / "config.json")
+    cfg = read_json_object(directory / "config.json")
     if cfg.get("model_type") != "sa2va_chat":
         raise ValueError(f"{directory / 'config.json'} has model_type={cfg.get('model_type')!r}; "
                          "a Sa2VA checkpoint has model_type 'sa2va_chat'")
@@ -69,7 +69,7 @@ def read_config(directory: str | Path) -> Sa2vaConfig:
     sam2_config = SAM2_CONFIG
     tiny = directory / TINY_HPARAMS_FILE
     if tiny.is_file():
-        hp = _read_json(tiny)
+        hp = read_json_object(tiny)
         if hp.get("format") != TINY_HPARAMS_FORMAT:
             raise ValueError(f"{tiny}: expected format {TINY_HPARAMS_FORMAT!r}, got {hp.get('format')!r}")
         sam2 = hp.get("sam2") or {}
@@ -137,12 +137,3 @@ def _llama_kwargs_from_internlm2(llm: dict) -> dict:
     # InternLM2 is Llama with a fused, per-KV-group packed wqkv (models.md 3.11).
     return {**_common_text(llm), "rope_parameters": _rope(llm), "attention_bias": bool(llm.get("bias", False)),
             "mlp_bias": False}
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return data

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from models.atomic_folder import holds_exactly, write_folder_atomically
-from models.evf_sam2_config import SAFETENSORS_FILE
+from models.checkpoint_dir import SAFETENSORS_FILE
 
 ASSETS = Path(__file__).parent / "assets"
 FAMILIES = ("qwen2", "internlm2")

@@ -77,13 +77,7 @@ def cmd_config_render_kuberay(args) -> int:
         for path in k8s_tree.write_tree(Path(args.k8s_dir), k8s_tree.render_tree(config, source)):
             print(path, file=sys.stderr)
         return 0
-    text = kuberay.dump_yaml(kuberay.render_rayservice(config, args.overlay))
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _write_output(kuberay.dump_yaml(kuberay.render_rayservice(config, args.overlay)), args.output)
 
 
 def cmd_config_render(args) -> int:
@@ -96,10 +90,13 @@ def cmd_config_render(args) -> int:
         has_gpu = detect_gpu()
     else:
         has_gpu = args.gpu == "yes"
-    text = yaml.safe_dump(render_serve_config(config, has_gpu), sort_keys=False)
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}", file=sys.stderr)
+    return _write_output(yaml.safe_dump(render_serve_config(config, has_gpu), sort_keys=False), args.output)
+
+
+def _write_output(text: str, output: str | None) -> int:
+    if output:
+        Path(output).write_text(text)
+        print(f"wrote {output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

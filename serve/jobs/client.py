@@ -24,8 +24,11 @@ def queue_settings(config) -> dict:
     }
 
 
-def get_queue_actor(config):
-    """The named detached actor; created on first use, restarted by Ray if it dies."""
+def get_queue_actor(config, placement: dict | None = None):
+    """The named detached actor; created on first use, restarted by Ray if it dies.
+
+    `placement` (actor options) replaces the default, the head node: tests place it elsewhere.
+    """
     return (
         ray.remote(JobQueue)
         .options(
@@ -40,7 +43,7 @@ def get_queue_actor(config):
             num_cpus=0,
             # On the head node: a worker node may be scaled away or die (taking the actor with it
             # while its requests wait), and the default SQLite journal is a file of the node it runs on.
-            resources=HEAD_NODE,
+            **({"resources": HEAD_NODE} if placement is None else placement),
         )
         .remote(queue_settings(config))
     )

@@ -357,27 +357,21 @@ def _kill_leftovers(root: Path) -> None:
 def _queue_actor_on_node2(config) -> None:
     """The job queue actor, created before the gateway looks it up, on node 2 while node 2 lives.
 
-    It asks for no resources, so Ray places it on either node (node 2 in 2 of 5 runs without this);
-    here the first kill takes it down with node 2 every time, and it restarts on the head (the
-    affinity is soft), where the second kill finds it. The options are get_queue_actor's
-    (serve/jobs/client.py) plus the scheduling strategy.
+    The platform keeps it on the head (serve/jobs/client.py); here it is moved to node 2 so that the
+    first kill takes it down with node 2 every time and it restarts on the head (the affinity is
+    soft), where the second kill finds it.
     """
     import ray
     from ray._private.state import actors
     from ray.util import list_named_actors
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from serve.jobs.client import queue_settings
-    from serve.jobs.queue_actor import JobQueue
+    from serve.jobs.client import get_queue_actor
 
     node2 = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "visus_node2" in n["Resources"])
     deadline = time.time() + 60
     while True:
-        actor = ray.remote(JobQueue).options(
-            name=config.queue.actor_name, namespace=config.queue.namespace, lifetime="detached",
-            get_if_exists=True, max_restarts=-1, max_task_retries=-1, max_concurrency=10_000, num_cpus=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node2, soft=True),
-        ).remote(queue_settings(config))
+        actor = get_queue_actor(config, {"scheduling_strategy": NodeAffinitySchedulingStrategy(node2, soft=True)})
         ray.get(actor.ready.remote(), timeout=60)
         if actors(actor_id=actor._actor_id.hex())["Address"]["NodeID"] == node2:
             return

@@ -146,10 +146,7 @@ def test_bad_input_is_a_4xx_naming_the_field(visus, picture, video, path, body, 
 def test_killed_video_replica_resumes_from_the_last_finished_range(visus):
     """As for fal-ai/sam2/video: the re-dispatched job resumes with the answer, the [SEG] prompts and
     SAM 2's state from storage, and its mask video equals an uninterrupted run's."""
-    import ray
-    from ray.util import list_named_actors
-
-    from tests.integration.test_sam2_video_resume import ranges_done
+    from tests.integration.test_sam2_video_resume import kill_replica, ranges_done
 
     body = {"prompt": PROMPT, "video_url": data_uri(lossless_video(moving_squares(18)), "video/quicktime")}
     with visus.client() as http:
@@ -161,9 +158,7 @@ def test_killed_video_replica_resumes_from_the_last_finished_range(visus):
                 break
             assert status["status"] != "COMPLETED", "finished before the kill: make the video longer"
             time.sleep(0.05)
-        names = [a for a in list_named_actors(all_namespaces=True) if "fal_ai__sa2va__8b__video" in a["name"]]
-        assert len(names) == 1, names
-        ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+        kill_replica("fal_ai__sa2va__8b__video")
 
         status, response = queue_outcome(http, submitted)
         assert response.status_code == 200, response.text

@@ -17,11 +17,12 @@ BODY_PROMPTS = {"prompts": [{"x": 10, "y": 15, "object_id": 1}],
                 "return_masks_rle": True}
 
 
-def kill_propagator_replica() -> None:
+def kill_replica(deployment: str) -> None:
+    """Kill the one replica of `deployment` for good, as a crashed process would be gone."""
     import ray
     from ray.util import list_named_actors
 
-    names = [a for a in list_named_actors(all_namespaces=True) if "fal_ai__sam2__video" in a["name"]]
+    names = [a for a in list_named_actors(all_namespaces=True) if deployment in a["name"]]
     assert len(names) == 1, names
     ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
 
@@ -42,7 +43,7 @@ def test_killed_propagator_resumes_from_the_last_finished_range(visus):
                 break
             assert status["status"] != "COMPLETED", "finished before the kill: make the video longer"
             time.sleep(0.05)
-        kill_propagator_replica()
+        kill_replica("fal_ai__sam2__video")
 
         status, response = queue_outcome(http, submitted)
         assert response.status_code == 200, response.text
